@@ -1,0 +1,51 @@
+# RSFT: one target per stage. `make demo` and `make test` set everything up themselves.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+RECIPE ?= recipes/demo.yaml
+ARGS ?=
+
+.PHONY: help setup debian venv demo test test-all lint format prepare clean
+
+help:
+	@echo "make demo       set up, then run the pipeline on recipes/demo.yaml"
+	@echo "make test       set up, then run the tests"
+	@echo "make prepare RECIPE=recipes/demo.yaml [ARGS='--set prepare.workers=1']"
+	@echo "make lint       ruff"
+
+setup: debian venv
+
+debian:
+	@bash scripts/setup-debian.sh
+
+venv: $(VENV)/.installed
+
+# torch is installed in the same pip command, pinned by the constraints file, so that no
+# dependency can pull a newer (CUDA) build.
+$(VENV)/.installed: pyproject.toml requirements/constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -c requirements/constraints.txt "torch==2.13.0" -e ".[dev]"
+	$(VENV)/bin/pip check
+	touch $@
+
+demo: setup
+	$(PY) -m pipeline prepare recipes/demo.yaml $(ARGS)
+	@echo "demo: ran the stages that exist so far (prepare); score, select, finetune, evaluate and report come next"
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+prepare: setup
+	$(PY) -m pipeline prepare $(RECIPE) $(ARGS)
+
+clean:
+	rm -rf data/

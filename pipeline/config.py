@@ -1,0 +1,253 @@
+"""Recipes: YAML files safe-loaded into frozen, typed configs, one section per stage.
+
+Every default lives here. A recipe names its corpus *sets*; each set comes from one source
+(synthesised commands, the asterisk prompts, a local folder, a `datasets` dataset or an OpenSLR
+archive) and may get noisy copies at chosen SNRs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from pipeline import typed
+from pipeline.errors import RecipeError
+
+Split = Literal["pool", "target", "dev", "test"]
+NoiseRegion = Literal["train", "dev", "test"]
+
+
+@dataclass(frozen=True)
+class NoiseConfig:
+    """Noisy copies of a set's clean utterances."""
+
+    # noise names: sonic-pi recordings (vinyl_hiss, 3d_printer, sauna, safari, or any sample
+    # file stem), 'white', 'pink', 'babble', or a key of prepare.noise_files
+    types: tuple[str, ...] = ()
+    snr_db: tuple[float, ...] = ()  # on active speech
+    # 'one': each utterance gets one (type, SNR) drawn at random;
+    # 'each_snr': each utterance gets a copy at every SNR (type drawn at random per copy)
+    per_utterance: Literal["one", "each_snr"] = "one"
+    keep_clean: bool = False  # also keep the clean utterance as a row of its own
+    region: NoiseRegion = "train"  # which part of each recording the set may draw from
+    babble_talkers: tuple[int, int] = (3, 6)  # inclusive range of talkers mixed into babble
+
+
+@dataclass(frozen=True)
+class SynthPart:
+    """A slice of a synthesised set: how many commands, in which voices, in which noise."""
+
+    count: int
+    voices: tuple[str, ...]  # accent names (see corpora.voices) or engine voice ids
+    noise: NoiseConfig | None = None  # overrides the set's noise block
+
+
+@dataclass(frozen=True)
+class SynthSource:
+    kind: Literal["synth"]
+    parts: tuple[SynthPart, ...]
+    # grammar partition: 'train' (pool), 'heldout' (train templates, sentences never in
+    # 'train'), 'dev' and 'test' (held-out templates and slot values)
+    text_split: Literal["train", "heldout", "dev", "test"] = "train"
+    speaker_split: Literal["train", "heldout", "dev", "test"] = "train"
+
+
+@dataclass(frozen=True)
+class AsteriskSource:
+    kind: Literal["asterisk"]
+    part: Literal["guard", "test", "all"] = "test"
+    guard_fraction: float = 0.5  # share of prompts in the guard (dev) part
+    sounds_dir: str = "/usr/share/asterisk/sounds/en_US_f_Allison"
+    transcripts: str = "/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz"
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class LocalSource:
+    kind: Literal["local"]
+    path: str = field(metadata={typed.MUST_EXIST: True})  # folder, or a TSV/CSV transcript file
+    format: Literal["table", "kaldi"] = "table"
+    transcript: str | None = None  # table file inside `path` (default: the only .tsv/.csv)
+    accent: str = "unknown"  # accent for rows that carry none
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class HFSource:
+    kind: Literal["hf"]
+    dataset: str  # hub id, a save_to_disk folder, or a folder/file of Parquet
+    split: str = "train"
+    config_name: str | None = None
+    audio_column: str = "audio"
+    text_column: str = "text"
+    speaker_column: str | None = None
+    accent_column: str | None = None
+    id_column: str | None = None
+    accent: str = "unknown"
+    streaming: bool = False
+    limit: int | None = None
+    revision: str | None = None
+
+
+@dataclass(frozen=True)
+class OpenSLRSource:
+    kind: Literal["openslr"]
+    url: str  # archive URL (http, https or file)
+    format: Literal["librispeech", "musan"]
+    sha256: str | None = None  # required unless the URL is in corpora.openslr.KNOWN_SHA256
+    subset: str | None = None  # e.g. 'train-clean-100' or 'noise'
+    accent: str = "unknown"
+    limit: int | None = None
+
+
+Source = Union[SynthSource, AsteriskSource, LocalSource, HFSource, OpenSLRSource]
+
+
+@dataclass(frozen=True)
+class SetConfig:
+    """One output manifest: data/<recipe>/prepare/manifests/<name>.parquet."""
+
+    name: str
+    split: Split
+    source: Source
+    noise: NoiseConfig | None = None
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    sample_rate: int = 16000  # every prepared utterance is mono at this rate
+    min_duration_s: float = 0.3
+    max_duration_s: float = 30.0  # Whisper's window; longer utterances are rejected
+    workers: int = 2
+    # fractions of every noise recording reserved for each use, so that test noise is unseen
+    noise_regions: dict[str, tuple[float, float]] = field(
+        default_factory=lambda: {"train": (0.0, 0.6), "dev": (0.6, 0.7), "test": (0.7, 1.0)}
+    )
+    noise_files: dict[str, str] = field(
+        default_factory=dict, metadata={typed.MUST_EXIST: True}
+    )  # extra noise recordings by name: a file, or a folder whose audio files are concatenated
+    sonic_pi_dir: str = "/usr/share/sonic-pi/samples"
+    sets: tuple[SetConfig, ...] = ()
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    seed: int = 0
+    data_dir: str | None = None  # default: data/<name>
+    description: str = ""
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+
+    @property
+    def root(self) -> Path:
+        return Path(self.data_dir or f"data/{self.name}")
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Load a recipe file, apply ``section.key=value`` overrides, and check it."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" (line {mark.line + 1})" if mark else ""
+        raise RecipeError(f"{path}: not valid YAML{at}: {getattr(err, 'problem', err)}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping of sections")
+    for item in overrides:
+        data = apply_override(data, item)
+    recipe = typed.build(Recipe, data)
+    _check(recipe)
+    return recipe
+
+
+def apply_override(data: dict, item: str) -> dict:
+    """Apply one ``a.b.c=value`` override; list items are addressed by index or by name."""
+    if "=" not in item:
+        raise RecipeError(f"--set {item}: expected section.key=value")
+    dotted, raw = item.split("=", 1)
+    keys = dotted.strip().split(".")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise RecipeError(f"--set {item}: value is not valid YAML") from None
+    data = _copy(data)
+    node: Any = data
+    for i, key in enumerate(keys[:-1]):
+        where = ".".join(keys[: i + 1])
+        node = _child(node, key, where, create=True)
+    last = keys[-1]
+    if isinstance(node, list):
+        node[_list_index(node, last, dotted)] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise RecipeError(f"--set {item}: {'.'.join(keys[:-1])} is not a section")
+    return data
+
+
+def _child(node: Any, key: str, where: str, create: bool) -> Any:
+    if isinstance(node, list):
+        return node[_list_index(node, key, where)]
+    if not isinstance(node, dict):
+        raise RecipeError(f"--set {where}: parent is not a section")
+    if key not in node or node[key] is None:
+        node[key] = {}
+    return node[key]
+
+
+def _list_index(items: list, key: str, where: str) -> int:
+    if key.lstrip("-").isdigit():
+        index = int(key)
+        if -len(items) <= index < len(items):
+            return index
+        raise RecipeError(f"--set {where}: index {index} out of range ({len(items)} items)")
+    for index, entry in enumerate(items):
+        if isinstance(entry, dict) and entry.get("name") == key:
+            return index
+    raise RecipeError(f"--set {where}: no item named {key!r}")
+
+
+def _copy(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _copy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_copy(v) for v in data]
+    return data
+
+
+def _check(recipe: Recipe) -> None:
+    """Checks that span several keys."""
+    prep = recipe.prepare
+    names = [s.name for s in prep.sets]
+    for name in names:
+        if names.count(name) > 1:
+            raise RecipeError(f"prepare.sets: set name {name!r} appears more than once")
+        if not name.replace("_", "").replace("-", "").isalnum():
+            raise RecipeError(f"prepare.sets: set name {name!r} must be letters, digits, _ or -")
+    for region, (lo, hi) in prep.noise_regions.items():
+        if not 0.0 <= lo < hi <= 1.0:
+            raise RecipeError(f"prepare.noise_regions.{region}: need 0 <= start < end <= 1")
+    if prep.min_duration_s >= prep.max_duration_s:
+        raise RecipeError("prepare.min_duration_s: must be below prepare.max_duration_s")
+    for i, s in enumerate(prep.sets):
+        blocks = [("noise", s.noise)]
+        if isinstance(s.source, SynthSource):
+            blocks += [(f"source.parts[{j}].noise", p.noise) for j, p in enumerate(s.source.parts)]
+        for key, noise in blocks:
+            if noise is None:
+                continue
+            if noise.region not in prep.noise_regions:
+                raise RecipeError(f"prepare.sets[{i}].{key}.region: {noise.region!r} not defined")
+            if noise.types and not noise.snr_db:
+                raise RecipeError(f"prepare.sets[{i}].{key}.snr_db: needed when types are given")
+
+
+def with_prepare(recipe: Recipe, **changes: Any) -> Recipe:
+    """A copy of ``recipe`` with prepare fields changed (configs are frozen)."""
+    return replace(recipe, prepare=replace(recipe.prepare, **changes))

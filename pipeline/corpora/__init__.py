@@ -1,0 +1,1 @@
+"""Corpus sources. Each module turns its source config into Candidates and Rejects."""

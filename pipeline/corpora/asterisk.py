@@ -1,0 +1,85 @@
+"""Real speech: the English prompts of the Asterisk PBX (Debian asterisk-core-sounds-en*).
+
+One US female speaker, 8 kHz telephone audio, with transcripts in ``core-sounds-en.txt.gz``
+(``key: text`` lines). Entries that are tones or silence are dropped; the rest are split by
+prompt into a guard part (a dev set that watches for forgetting) and a test part.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from pipeline import audio
+from pipeline.config import AsteriskSource
+from pipeline.corpora.base import Candidate, Reject, SourceContext
+from pipeline.errors import UserError
+
+SPEAKER = "asterisk-allison"
+ACCENT = "us"
+_ANNOTATION = re.compile(r"\[[^\]]*\]|<[^>]*>|\([^)]*\)")  # [beep], <beep ascending>, (silence)
+
+
+def read_transcripts(path: str | Path) -> dict[str, str]:
+    """``key: text`` lines (comments start with ';') from a plain or gzipped file."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    entries = {}
+    with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            line = line.strip()
+            if not line or line.startswith(";") or ":" not in line:
+                continue
+            key, text = line.split(":", 1)
+            entries[key.strip()] = text.strip()
+    return entries
+
+
+def speech_text(text: str) -> str:
+    """The spoken words of a transcript, without bracketed sound descriptions."""
+    return " ".join(_ANNOTATION.sub(" ", text).split())
+
+
+def part_of(key: str, guard_fraction: float) -> str:
+    """'guard' or 'test' for a prompt, by a stable hash of its key."""
+    bucket = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 16**8
+    return "guard" if bucket < guard_fraction else "test"
+
+
+def candidates(cfg: AsteriskSource, ctx: SourceContext) -> Iterator[Candidate | Reject]:
+    sounds = Path(cfg.sounds_dir)
+    transcripts = Path(cfg.transcripts)
+    for path, package in ((sounds, "asterisk-core-sounds-en-wav"), (transcripts, "asterisk-core-sounds-en")):
+        if not path.exists():
+            raise UserError(f"asterisk: {path} not found (apt-get install {package})")
+    emitted = 0
+    for key, raw in sorted(read_transcripts(transcripts).items()):
+        if cfg.part != "all" and part_of(key, cfg.guard_fraction) != cfg.part:
+            continue
+        uid = "asterisk-" + key.replace("/", "-")
+        text = speech_text(raw)
+        if not text or text.strip(".") == "":
+            yield Reject(uid, f"not speech: {raw[:60]!r}", "asterisk")
+            continue
+        wav = sounds / f"{key}.wav"
+        if not wav.is_file():
+            yield Reject(uid, f"audio file missing: {wav}", "asterisk")
+            continue
+        stat = wav.stat()
+        yield Candidate(
+            id=uid,
+            text=text,
+            speaker=SPEAKER,
+            accent=ACCENT,
+            source="asterisk",
+            spec=f"{wav}:{stat.st_size}:{stat.st_mtime_ns}",
+            load=functools.partial(audio.read, str(wav)),
+            path=str(wav),
+        )
+        emitted += 1
+        if cfg.limit is not None and emitted >= cfg.limit:
+            return

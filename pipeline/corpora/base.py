@@ -1,0 +1,121 @@
+"""What every corpus source yields, and the one place where candidate audio is checked.
+
+A source turns its config into a stream of ``Candidate`` (an utterance whose audio can be
+loaded) and ``Reject`` (an entry it could not use, with the reason). ``ingest`` loads each
+candidate, checks it and writes 16 kHz mono FLAC, or references the original file in place
+when it already is 16 kHz mono FLAC/WAV.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from pipeline import audio
+from pipeline.manifest import CLEAN
+
+
+@dataclass(frozen=True)
+class SourceContext:
+    """What a source may use besides its own config."""
+
+    seed: int
+    set_name: str
+    split: str
+    work_dir: Path  # a folder of the set's own for downloads and extracted archives
+    sample_rate: int = audio.SAMPLE_RATE
+
+
+@dataclass(frozen=True)
+class Candidate:
+    id: str
+    text: str
+    speaker: str
+    accent: str
+    source: str  # e.g. 'synth', 'asterisk', 'local', 'hf', 'openslr'
+    spec: str  # how the audio is made: the same spec gives the same audio
+    load: Callable[[int], tuple[np.ndarray, dict]]  # sample_rate -> (mono wave, changes)
+    path: str | None = None  # original file, if any (may be used in place)
+    extra: dict = field(default_factory=dict)  # extra manifest columns (e.g. 'voice')
+    noise: object | None = None  # a NoiseConfig that overrides the set's (synth parts)
+
+
+@dataclass(frozen=True)
+class Reject:
+    id: str
+    reason: str
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Limits:
+    sample_rate: int = audio.SAMPLE_RATE
+    min_duration_s: float = 0.3
+    max_duration_s: float = 30.0
+
+
+def check_text(text: str | None) -> str | None:
+    """The reject reason for a transcript, or None if it is usable."""
+    if text is None or not str(text).strip():
+        return "empty transcript"
+    return None
+
+
+def ingest(cand: Candidate, out_path: Path, limits: Limits) -> dict | Reject:
+    """Load, check and store one candidate; return its manifest row or a Reject.
+
+    Runs in worker processes, so it only touches ``out_path`` (written atomically).
+    """
+    reason = check_text(cand.text)
+    if reason:
+        return Reject(cand.id, reason, cand.source)
+    changes: dict = {}
+    if out_path.exists():  # made by an earlier, interrupted run from the same spec
+        duration = audio.duration_s(out_path)
+        stored = str(out_path)
+    else:
+        try:
+            wave, changes = cand.load(limits.sample_rate)
+        except audio.AudioError as err:
+            return Reject(cand.id, str(err), cand.source)
+        duration = len(wave) / limits.sample_rate
+        if not np.any(wave):
+            return Reject(cand.id, "silent audio (all samples zero)", cand.source)
+        stored = None
+    if duration < limits.min_duration_s:
+        return Reject(cand.id, f"too short: {duration:.2f} s < {limits.min_duration_s} s", cand.source)
+    if duration > limits.max_duration_s:
+        return Reject(cand.id, f"too long: {duration:.2f} s > {limits.max_duration_s} s", cand.source)
+    if stored is None:
+        if cand.path and not changes and _usable_in_place(cand.path, limits.sample_rate):
+            stored = str(Path(cand.path).resolve())
+        else:
+            audio.write_flac(out_path, wave, limits.sample_rate)
+            stored = str(out_path)
+    row = {
+        "id": cand.id,
+        "audio_path": stored,
+        "duration_s": float(duration),
+        "text": str(cand.text).strip(),
+        "speaker": cand.speaker,
+        "accent": cand.accent,
+        "noise": CLEAN,
+        "snr_db": float("nan"),
+        "source": cand.source,
+        **cand.extra,
+    }
+    if changes:  # counted by the prepare summary, not stored in the manifest
+        row["_converted"] = sorted(changes)
+    return row
+
+
+def _usable_in_place(path: str, sample_rate: int) -> bool:
+    try:
+        info = sf.info(path)
+    except (sf.LibsndfileError, RuntimeError):
+        return False
+    return info.samplerate == sample_rate and info.channels == 1 and info.format in ("FLAC", "WAV")

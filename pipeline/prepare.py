@@ -1,0 +1,220 @@
+"""Stage 1, prepare: corpus sets -> 16 kHz mono audio, Parquet manifests, rejects, a summary.
+
+Output, under ``<data_dir>/prepare/``:
+  manifests/<set>.parquet     one row per utterance (see pipeline.manifest)
+  manifests/<set>.done.json   the set's fingerprint and counts; a matching one skips the set
+  rejects/<set>.tsv           id, source, reason for every entry that was skipped
+  audio/<set>/{clean,noisy}/  FLAC files named <id>.<spec-hash>.flac
+  summary.json, summary.txt   utterances and hours per split x accent x noise x SNR
+
+Every random choice comes from an RNG seeded by (recipe seed, set, utterance id), and every
+audio file is written atomically under a name that hashes how it was made, so a killed run
+resumes where it stopped and ends with the same manifests as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from pipeline import __version__, manifest
+from pipeline.config import Recipe, SetConfig
+from pipeline.corpora import asterisk, hf, local, noise, openslr, synth
+from pipeline.corpora.base import Candidate, Limits, Reject, SourceContext, ingest
+from pipeline.fsio import fingerprint, read_json, stable_seed, write_json, write_text
+from pipeline.typed import to_dict
+
+log = logging.getLogger(__name__)
+
+SOURCES: dict[str, Callable[..., Iterable[Candidate | Reject]]] = {
+    "synth": synth.candidates,
+    "asterisk": asterisk.candidates,
+    "local": local.candidates,
+    "hf": hf.candidates,
+    "openslr": openslr.candidates,
+}
+
+
+def stage_dir(recipe: Recipe) -> Path:
+    return recipe.root / "prepare"
+
+
+def manifest_path(recipe: Recipe, set_name: str) -> Path:
+    return stage_dir(recipe) / "manifests" / f"{set_name}.parquet"
+
+
+def run(recipe: Recipe) -> pd.DataFrame:
+    """Prepare every set of the recipe; return the summary table."""
+    log.info("Stage 1: prepare %d sets into %s", len(recipe.prepare.sets), stage_dir(recipe))
+    frames, rejects = [], {}
+    for set_cfg in recipe.prepare.sets:
+        frame, reject_count = prepare_set(recipe, set_cfg)
+        frames.append(frame.assign(set=set_cfg.name))
+        rejects[set_cfg.name] = reject_count
+    table = manifest.summary(pd.concat(frames, ignore_index=True)) if frames else pd.DataFrame()
+    write_summary(recipe, table, rejects)
+    return table
+
+
+def set_fingerprint(recipe: Recipe, set_cfg: SetConfig) -> str:
+    prep = to_dict(recipe.prepare)
+    prep.pop("sets")
+    prep.pop("workers")  # the number of processes does not change the result
+    return fingerprint(recipe.seed, prep, to_dict(set_cfg), __version__)
+
+
+def prepare_set(recipe: Recipe, set_cfg: SetConfig) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Build one set's manifest, or reuse it when its fingerprint has not changed."""
+    out = manifest_path(recipe, set_cfg.name)
+    stamp_path = out.with_suffix(".done.json")
+    fp = set_fingerprint(recipe, set_cfg)
+    if out.exists() and stamp_path.exists() and read_json(stamp_path).get("fingerprint") == fp:
+        log.info("set %s: up to date (%s)", set_cfg.name, out)
+        return manifest.read(out), read_json(stamp_path)["rejects"]
+    started = time.monotonic()
+    prep = recipe.prepare
+    audio_dir = stage_dir(recipe) / "audio" / set_cfg.name
+    ctx = SourceContext(recipe.seed, set_cfg.name, set_cfg.split,
+                        recipe.root / "sources" / set_cfg.name, prep.sample_rate)  # fmt: skip
+    limits = Limits(prep.sample_rate, prep.min_duration_s, prep.max_duration_s)
+
+    cands, rejects = _unique(SOURCES[set_cfg.source.kind](set_cfg.source, ctx))
+    jobs = [(c, audio_dir / "clean" / f"{_safe(c.id)}.{stable_seed(c.spec) % 16**8:08x}.flac") for c in cands]
+    clean, converted = [], Counter()
+    for result in _map(_ingest_job, [(c, p, limits) for c, p in jobs], prep.workers, f"{set_cfg.name}: audio"):
+        if isinstance(result, Reject):
+            rejects.append(result)
+            continue
+        converted.update(result.pop("_converted", []))
+        clean.append(result)
+
+    noise_of = {c.id: c.noise or set_cfg.noise for c in cands}
+    groups: dict[int, list[dict]] = {}  # babble talkers come from rows with the same noise block
+    for row in clean:
+        groups.setdefault(id(noise_of[row["id"]]), []).append(row)
+    rows, noisy_jobs = [], []
+    for row in clean:
+        cfg = noise_of[row["id"]]
+        if cfg is None or not cfg.types or cfg.keep_clean:
+            rows.append(row)
+        if cfg is not None and cfg.types:
+            others = groups[id(cfg)]
+            for job in noise.plan(row, cfg, prep, recipe.seed, set_cfg.name, others, audio_dir / "noisy"):
+                noisy_jobs.append((row, job))
+    results = _map(_noisy_job, [(job, prep.sample_rate) for _, job in noisy_jobs], prep.workers,
+                   f"{set_cfg.name}: noise")  # fmt: skip
+    for (row, _), made in zip(noisy_jobs, results):
+        if isinstance(made, Reject):
+            rejects.append(made)
+        else:
+            rows.append({**row, **made})
+
+    frame = manifest.to_frame([{**r, "split": set_cfg.split} for r in rows])
+    frame = frame.sort_values("id", kind="stable").reset_index(drop=True)
+    _write_rejects(stage_dir(recipe) / "rejects" / f"{set_cfg.name}.tsv", rejects)
+    manifest.write(frame, out, root=recipe.root)
+    _remove_stale(audio_dir, set(frame["audio_path"]) | {r["audio_path"] for r in clean})
+    reasons = Counter(_reason_kind(r.reason) for r in rejects)
+    write_json(stamp_path, {"fingerprint": fp, "utterances": len(frame), "rejects": dict(reasons),
+                            "converted": dict(converted)})  # fmt: skip
+    log.info("set %s: %d utterances (%.2f h), %d rejected%s, %.1f s", set_cfg.name, len(frame),
+             frame["duration_s"].sum() / 3600, len(rejects),
+             f" ({dict(reasons)})" if rejects else "", time.monotonic() - started)  # fmt: skip
+    if converted:
+        log.info("set %s: converted on the way in: %s", set_cfg.name, dict(converted))
+    return manifest.read(out), dict(reasons)
+
+
+def _unique(items: Iterable[Candidate | Reject]) -> tuple[list[Candidate], list[Reject]]:
+    """Split a source's output; a repeated id keeps its first occurrence."""
+    seen: set[str] = set()
+    cands, rejects = [], []
+    for item in items:
+        if isinstance(item, Reject):
+            rejects.append(item)
+        elif item.id in seen:
+            rejects.append(Reject(item.id, "duplicate id", item.source))
+        else:
+            seen.add(item.id)
+            cands.append(item)
+    return cands, rejects
+
+
+def _ingest_job(args: tuple) -> dict | Reject:
+    return ingest(*args)
+
+
+def _noisy_job(args: tuple) -> dict | Reject:
+    job, sample_rate = args
+    try:
+        return noise.make(job, sample_rate)
+    except (noise.audio.AudioError, OSError) as err:
+        return Reject(job.id, f"noise mixing failed: {err}", "noise")
+
+
+def _map(fn: Callable, jobs: list, workers: int, desc: str) -> Iterator:
+    """``fn`` over ``jobs`` in order, in ``workers`` processes, with a progress bar."""
+    bar = dict(total=len(jobs), desc=desc, unit="utt", leave=False, mininterval=1.0)
+    if workers <= 1 or len(jobs) < 32:
+        yield from tqdm(map(fn, jobs), **bar)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        yield from tqdm(pool.map(fn, jobs, chunksize=16), **bar)
+
+
+def _write_rejects(path: Path, rejects: list[Reject]) -> None:
+    lines = ["id\tsource\treason"] + [
+        f"{r.id}\t{r.source}\t{' '.join(r.reason.split())}" for r in sorted(rejects, key=lambda r: r.id)
+    ]
+    write_text(path, "\n".join(lines) + "\n")
+
+
+def _reason_kind(reason: str) -> str:
+    return reason.split(":")[0]
+
+
+def _remove_stale(audio_dir: Path, keep: set[str]) -> None:
+    """Delete audio made by earlier versions of the set's config (and temp files of a kill)."""
+    if not audio_dir.exists():
+        return
+    keep = {str(Path(p).resolve()) for p in keep}
+    for path in audio_dir.rglob("*"):
+        if path.is_file() and str(path.resolve()) not in keep:
+            path.unlink()
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
+def write_summary(recipe: Recipe, table: pd.DataFrame, rejects: dict[str, dict[str, int]]) -> None:
+    root = stage_dir(recipe)
+    text = format_summary(table, rejects)
+    write_text(root / "summary.txt", text + "\n")
+    write_json(root / "summary.json", {
+        "recipe": recipe.name,
+        "groups": table.to_dict(orient="records"),
+        "rejects": rejects,
+        "utterances": int(table["utterances"].sum()) if len(table) else 0,
+        "hours": float(table["hours"].sum()) if len(table) else 0.0,
+    })  # fmt: skip
+    print(text)
+
+
+def format_summary(table: pd.DataFrame, rejects: dict[str, dict[str, int]]) -> str:
+    if table.empty:
+        return "no utterances"
+    shown = table.assign(hours=table["hours"].map(lambda h: f"{h:.3f}"))
+    totals = table.groupby("split")[["utterances", "hours"]].sum()
+    lines = [shown.to_string(index=False), "", "totals per split:"]
+    lines += [f"  {split:8s} {int(r.utterances):7d} utterances {r.hours:8.3f} h" for split, r in totals.iterrows()]
+    bad = {k: v for k, v in rejects.items() if v}
+    lines.append("rejects: " + (", ".join(f"{k} {v}" for k, v in bad.items()) if bad else "none"))
+    return "\n".join(lines)

@@ -1,0 +1,32 @@
+"""Test factories: real synthesised speech and manifest rows."""
+
+from __future__ import annotations
+
+import io
+import math
+import subprocess
+
+import numpy as np
+import soundfile as sf
+
+from pipeline import audio
+
+
+def speak(text: str, voice: str = "en-us") -> tuple[np.ndarray, int]:
+    """Real synthesised speech (espeak-ng, 22.05 kHz) as float32."""
+    wav = subprocess.run(["espeak-ng", "-v", voice, "--stdout", text], capture_output=True, check=True)
+    return audio.read(wav.stdout, 22050)[0], 22050
+
+
+def encode(wave: np.ndarray, rate: int, subtype: str = "PCM_16", fmt: str = "WAV") -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, wave, rate, format=fmt, subtype=subtype)
+    return buf.getvalue()
+
+
+def dummy_row(i: int, audio_path: str, **kw) -> dict:
+    """A manifest row; keyword arguments override fields."""
+    base = {"id": f"u{i:03d}", "audio_path": audio_path, "duration_s": 1.0 + i, "text": f"say {i}",
+            "speaker": "s1", "accent": "us", "noise": "clean", "snr_db": math.nan,
+            "split": "pool", "source": "synth"}  # fmt: skip
+    return {**base, **kw}
