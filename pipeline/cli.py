@@ -1,4 +1,4 @@
-"""Command line: one subcommand per stage (``rsft STAGE RECIPE``, ``python -m pipeline STAGE RECIPE``)."""
+"""Command line: one subcommand per stage: `rsft STAGE RECIPE` or `python -m pipeline STAGE`."""
 
 from __future__ import annotations
 
@@ -32,9 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
         stage = sub.add_parser(name, help=help_text, description=help_text)
         stage.add_argument("recipe", help="recipe YAML file, e.g. recipes/demo.yaml")
         stage.add_argument(
-            "--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+            "--set",
+            action="append",
+            default=[],
+            metavar="SECTION.KEY=VALUE",
             help="override a recipe field (repeatable); list items by index or name",
-        )  # fmt: skip
+        )
         stage.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
         stage.set_defaults(func=func)
     return parser

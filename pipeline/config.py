@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
 
@@ -103,7 +103,7 @@ class OpenSLRSource:
     limit: int | None = None
 
 
-Source = Union[SynthSource, AsteriskSource, LocalSource, HFSource, OpenSLRSource]
+Source = SynthSource | AsteriskSource | LocalSource | HFSource | OpenSLRSource
 
 
 @dataclass(frozen=True)

@@ -63,32 +63,51 @@ def run(recipe: Recipe) -> pd.DataFrame:
     return table
 
 
-def set_fingerprint(recipe: Recipe, set_cfg: SetConfig) -> str:
+# Sources that read files on this machine: their files are part of the set's fingerprint,
+# so an edited transcript or replaced recording rebuilds the set. The others are pinned by
+# their config (grammar and voices, dataset revision, archive checksum).
+FILE_SOURCES = ("local", "asterisk")
+
+
+def set_fingerprint(recipe: Recipe, set_cfg: SetConfig, items: list | None = None) -> str:
     prep = to_dict(recipe.prepare)
     prep.pop("sets")
     prep.pop("workers")  # the number of processes does not change the result
-    return fingerprint(recipe.seed, prep, to_dict(set_cfg), __version__)
+    inputs = [(i.id, getattr(i, "spec", None) or getattr(i, "reason", "")) for i in items or []]
+    return fingerprint(recipe.seed, prep, to_dict(set_cfg), inputs, __version__)
 
 
 def prepare_set(recipe: Recipe, set_cfg: SetConfig) -> tuple[pd.DataFrame, dict[str, int]]:
     """Build one set's manifest, or reuse it when its fingerprint has not changed."""
     out = manifest_path(recipe, set_cfg.name)
     stamp_path = out.with_suffix(".done.json")
-    fp = set_fingerprint(recipe, set_cfg)
+    prep = recipe.prepare
+    ctx = SourceContext(
+        recipe.seed,
+        set_cfg.name,
+        set_cfg.split,
+        recipe.root / "sources" / set_cfg.name,
+        prep.sample_rate,
+    )
+    source = SOURCES[set_cfg.source.kind]
+    items = list(source(set_cfg.source, ctx)) if set_cfg.source.kind in FILE_SOURCES else None
+    fp = set_fingerprint(recipe, set_cfg, items)
     if out.exists() and stamp_path.exists() and read_json(stamp_path).get("fingerprint") == fp:
         log.info("set %s: up to date (%s)", set_cfg.name, out)
         return manifest.read(out), read_json(stamp_path)["rejects"]
     started = time.monotonic()
-    prep = recipe.prepare
     audio_dir = stage_dir(recipe) / "audio" / set_cfg.name
-    ctx = SourceContext(recipe.seed, set_cfg.name, set_cfg.split,
-                        recipe.root / "sources" / set_cfg.name, prep.sample_rate)  # fmt: skip
     limits = Limits(prep.sample_rate, prep.min_duration_s, prep.max_duration_s)
 
-    cands, rejects = _unique(SOURCES[set_cfg.source.kind](set_cfg.source, ctx))
-    jobs = [(c, audio_dir / "clean" / f"{_safe(c.id)}.{stable_seed(c.spec) % 16**8:08x}.flac") for c in cands]
+    cands, rejects = _unique(items if items is not None else source(set_cfg.source, ctx))
+    jobs = [
+        (c, audio_dir / "clean" / f"{_safe(c.id)}.{stable_seed(c.spec) % 16**8:08x}.flac")
+        for c in cands
+    ]
     clean, converted = [], Counter()
-    for result in _map(_ingest_job, [(c, p, limits) for c, p in jobs], prep.workers, f"{set_cfg.name}: audio"):
+    for result in _map(
+        _ingest_job, [(c, p, limits) for c, p in jobs], prep.workers, f"{set_cfg.name}: audio"
+    ):
         if isinstance(result, Reject):
             rejects.append(result)
             continue
@@ -106,11 +125,17 @@ def prepare_set(recipe: Recipe, set_cfg: SetConfig) -> tuple[pd.DataFrame, dict[
             rows.append(row)
         if cfg is not None and cfg.types:
             others = groups[id(cfg)]
-            for job in noise.plan(row, cfg, prep, recipe.seed, set_cfg.name, others, audio_dir / "noisy"):
+            for job in noise.plan(
+                row, cfg, prep, recipe.seed, set_cfg.name, others, audio_dir / "noisy"
+            ):
                 noisy_jobs.append((row, job))
-    results = _map(_noisy_job, [(job, prep.sample_rate) for _, job in noisy_jobs], prep.workers,
-                   f"{set_cfg.name}: noise")  # fmt: skip
-    for (row, _), made in zip(noisy_jobs, results):
+    results = _map(
+        _noisy_job,
+        [(job, prep.sample_rate) for _, job in noisy_jobs],
+        prep.workers,
+        f"{set_cfg.name}: noise",
+    )
+    for (row, _), made in zip(noisy_jobs, results, strict=True):
         if isinstance(made, Reject):
             rejects.append(made)
         else:
@@ -122,11 +147,24 @@ def prepare_set(recipe: Recipe, set_cfg: SetConfig) -> tuple[pd.DataFrame, dict[
     manifest.write(frame, out, root=recipe.root)
     _remove_stale(audio_dir, set(frame["audio_path"]) | {r["audio_path"] for r in clean})
     reasons = Counter(_reason_kind(r.reason) for r in rejects)
-    write_json(stamp_path, {"fingerprint": fp, "utterances": len(frame), "rejects": dict(reasons),
-                            "converted": dict(converted)})  # fmt: skip
-    log.info("set %s: %d utterances (%.2f h), %d rejected%s, %.1f s", set_cfg.name, len(frame),
-             frame["duration_s"].sum() / 3600, len(rejects),
-             f" ({dict(reasons)})" if rejects else "", time.monotonic() - started)  # fmt: skip
+    write_json(
+        stamp_path,
+        {
+            "fingerprint": fp,
+            "utterances": len(frame),
+            "rejects": dict(reasons),
+            "converted": dict(converted),
+        },
+    )
+    log.info(
+        "set %s: %d utterances (%.2f h), %d rejected%s, %.1f s",
+        set_cfg.name,
+        len(frame),
+        frame["duration_s"].sum() / 3600,
+        len(rejects),
+        f" ({dict(reasons)})" if rejects else "",
+        time.monotonic() - started,
+    )
     if converted:
         log.info("set %s: converted on the way in: %s", set_cfg.name, dict(converted))
     return manifest.read(out), dict(reasons)
@@ -171,7 +209,8 @@ def _map(fn: Callable, jobs: list, workers: int, desc: str) -> Iterator:
 
 def _write_rejects(path: Path, rejects: list[Reject]) -> None:
     lines = ["id\tsource\treason"] + [
-        f"{r.id}\t{r.source}\t{' '.join(r.reason.split())}" for r in sorted(rejects, key=lambda r: r.id)
+        f"{r.id}\t{r.source}\t{' '.join(r.reason.split())}"
+        for r in sorted(rejects, key=lambda r: r.id)
     ]
     write_text(path, "\n".join(lines) + "\n")
 
@@ -198,13 +237,16 @@ def write_summary(recipe: Recipe, table: pd.DataFrame, rejects: dict[str, dict[s
     root = stage_dir(recipe)
     text = format_summary(table, rejects)
     write_text(root / "summary.txt", text + "\n")
-    write_json(root / "summary.json", {
-        "recipe": recipe.name,
-        "groups": table.to_dict(orient="records"),
-        "rejects": rejects,
-        "utterances": int(table["utterances"].sum()) if len(table) else 0,
-        "hours": float(table["hours"].sum()) if len(table) else 0.0,
-    })  # fmt: skip
+    write_json(
+        root / "summary.json",
+        {
+            "recipe": recipe.name,
+            "groups": table.to_dict(orient="records"),
+            "rejects": rejects,
+            "utterances": int(table["utterances"].sum()) if len(table) else 0,
+            "hours": float(table["hours"].sum()) if len(table) else 0.0,
+        },
+    )
     print(text)
 
 
@@ -214,7 +256,10 @@ def format_summary(table: pd.DataFrame, rejects: dict[str, dict[str, int]]) -> s
     shown = table.assign(hours=table["hours"].map(lambda h: f"{h:.3f}"))
     totals = table.groupby("split")[["utterances", "hours"]].sum()
     lines = [shown.to_string(index=False), "", "totals per split:"]
-    lines += [f"  {split:8s} {int(r.utterances):7d} utterances {r.hours:8.3f} h" for split, r in totals.iterrows()]
+    lines += [
+        f"  {split:8s} {int(r.utterances):7d} utterances {r.hours:8.3f} h"
+        for split, r in totals.iterrows()
+    ]
     bad = {k: v for k, v in rejects.items() if v}
     lines.append("rejects: " + (", ".join(f"{k} {v}" for k, v in bad.items()) if bad else "none"))
     return "\n".join(lines)

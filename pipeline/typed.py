@@ -43,7 +43,10 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
         if len(args) != len(value):
             raise RecipeError(f"{where}: expected {len(args)} items, got {len(value)}")
-        return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        return tuple(
+            _convert(a, v, f"{where}[{i}]")
+            for i, (a, v) in enumerate(zip(args, value, strict=True))
+        )
     if origin is dict:
         key_tp, val_tp = get_args(tp)
         if not isinstance(value, dict):
@@ -101,8 +104,12 @@ def _convert_union(tp: Any, value: Any, where: str) -> Any:
             return _convert(option, value, where)
         except RecipeError as err:
             errors.append(str(err))
-    raise errors[0] if len(errors) == 1 else RecipeError(
-        f"{where}: {_kind(value)} fits none of {', '.join(_name(o) for o in options)}"
+    raise (
+        errors[0]
+        if len(errors) == 1
+        else RecipeError(
+            f"{where}: {_kind(value)} fits none of {', '.join(_name(o) for o in options)}"
+        )
     )
 
 

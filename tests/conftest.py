@@ -16,8 +16,11 @@ from pipeline import audio
 def speech() -> np.ndarray:
     """About two seconds of real speech at 16 kHz."""
     wave, _ = audio.read(
-        subprocess.run(["espeak-ng", "--stdout", "Turn on the kitchen lights please."],
-                       capture_output=True, check=True).stdout  # fmt: skip
+        subprocess.run(
+            ["espeak-ng", "--stdout", "Turn on the kitchen lights please."],
+            capture_output=True,
+            check=True,
+        ).stdout
     )
     return wave
 

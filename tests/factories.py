@@ -14,7 +14,9 @@ from pipeline import audio
 
 def speak(text: str, voice: str = "en-us") -> tuple[np.ndarray, int]:
     """Real synthesised speech (espeak-ng, 22.05 kHz) as float32."""
-    wav = subprocess.run(["espeak-ng", "-v", voice, "--stdout", text], capture_output=True, check=True)
+    wav = subprocess.run(
+        ["espeak-ng", "-v", voice, "--stdout", text], capture_output=True, check=True
+    )
     return audio.read(wav.stdout, 22050)[0], 22050
 
 
@@ -26,7 +28,16 @@ def encode(wave: np.ndarray, rate: int, subtype: str = "PCM_16", fmt: str = "WAV
 
 def dummy_row(i: int, audio_path: str, **kw) -> dict:
     """A manifest row; keyword arguments override fields."""
-    base = {"id": f"u{i:03d}", "audio_path": audio_path, "duration_s": 1.0 + i, "text": f"say {i}",
-            "speaker": "s1", "accent": "us", "noise": "clean", "snr_db": math.nan,
-            "split": "pool", "source": "synth"}  # fmt: skip
+    base = {
+        "id": f"u{i:03d}",
+        "audio_path": audio_path,
+        "duration_s": 1.0 + i,
+        "text": f"say {i}",
+        "speaker": "s1",
+        "accent": "us",
+        "noise": "clean",
+        "snr_db": math.nan,
+        "split": "pool",
+        "source": "synth",
+    }
     return {**base, **kw}

@@ -39,7 +39,9 @@ def test_mix_at_snr_sets_snr_on_active_speech(speech):
     for snr in (20.0, 5.0, 0.0):
         mixed = audio.mix_at_snr(padded, noise, snr)
         added = mixed - padded
-        measured = 10 * np.log10(audio.active_level(padded) / np.mean(added.astype(np.float64) ** 2))
+        measured = 10 * np.log10(
+            audio.active_level(padded) / np.mean(added.astype(np.float64) ** 2)
+        )
         assert measured == pytest.approx(snr, abs=0.05)
 
 

@@ -26,16 +26,46 @@ def test_demo_recipe_loads_into_frozen_typed_config():
         ({"prepare": {"wrokers": 2}}, "prepare.wrokers: unknown key"),
         ({"prepare": {"workers": "two"}}, "prepare.workers: expected an integer"),
         ({"prepare": {"workers": True}}, "prepare.workers: expected an integer"),
-        ({"prepare": {"sets": [{"name": "a", "split": "pool", "source": {"kind": "nope"}}]}},
-         "prepare.sets[0].source.kind: 'nope' is not one of"),
-        ({"prepare": {"sets": [{"name": "a", "split": "train", "source": {"kind": "asterisk"}}]}},
-         "prepare.sets[0].split: 'train' is not one of"),
-        ({"prepare": {"sets": [{"name": "a", "split": "pool",
-                                "source": {"kind": "synth", "parts": [{"count": 1}]}}]}},
-         "prepare.sets[0].source.parts[0].voices: missing required key"),
-        ({"prepare": {"sets": [{"name": "a", "split": "pool",
-                                "source": {"kind": "local", "path": "/no/such/dir"}}]}},
-         "prepare.sets[0].source.path: no such file or directory: /no/such/dir"),
+        (
+            {"prepare": {"sets": [{"name": "a", "split": "pool", "source": {"kind": "nope"}}]}},
+            "prepare.sets[0].source.kind: 'nope' is not one of",
+        ),
+        (
+            {
+                "prepare": {
+                    "sets": [{"name": "a", "split": "train", "source": {"kind": "asterisk"}}]
+                }
+            },
+            "prepare.sets[0].split: 'train' is not one of",
+        ),
+        (
+            {
+                "prepare": {
+                    "sets": [
+                        {
+                            "name": "a",
+                            "split": "pool",
+                            "source": {"kind": "synth", "parts": [{"count": 1}]},
+                        }
+                    ]
+                }
+            },
+            "prepare.sets[0].source.parts[0].voices: missing required key",
+        ),
+        (
+            {
+                "prepare": {
+                    "sets": [
+                        {
+                            "name": "a",
+                            "split": "pool",
+                            "source": {"kind": "local", "path": "/no/such/dir"},
+                        }
+                    ]
+                }
+            },
+            "prepare.sets[0].source.path: no such file or directory: /no/such/dir",
+        ),
         ({"prepare": {"noise_regions": {"test": [0.5, 0.2]}}}, "prepare.noise_regions.test"),
     ],
 )
@@ -56,9 +86,13 @@ def test_missing_recipe_and_bad_yaml(tmp_path):
 def test_overrides_reach_any_field_by_index_or_name():
     recipe = load_recipe(
         DEMO,
-        ["prepare.workers=1", "prepare.sets.pool.source.parts.0.count=7",
-         "prepare.sets.3.noise.snr_db=[5]", "seed=3"],
-    )  # fmt: skip
+        [
+            "prepare.workers=1",
+            "prepare.sets.pool.source.parts.0.count=7",
+            "prepare.sets.3.noise.snr_db=[5]",
+            "seed=3",
+        ],
+    )
     assert recipe.prepare.workers == 1 and recipe.seed == 3
     assert recipe.prepare.sets[0].source.parts[0].count == 7
     assert recipe.prepare.sets[3].noise.snr_db == (5.0,)
@@ -76,18 +110,33 @@ def test_override_does_not_touch_the_input():
 
 def test_local_source_path_must_exist(tmp_path, write_recipe):
     (tmp_path / "corpus").mkdir()
-    recipe = load_recipe(write_recipe({"prepare": {"sets": [
-        {"name": "a", "split": "test", "source": {"kind": "local", "path": str(tmp_path / "corpus")}}
-    ]}}))  # fmt: skip
+    recipe = load_recipe(
+        write_recipe(
+            {
+                "prepare": {
+                    "sets": [
+                        {
+                            "name": "a",
+                            "split": "test",
+                            "source": {"kind": "local", "path": str(tmp_path / "corpus")},
+                        }
+                    ]
+                }
+            }
+        )
+    )
     assert isinstance(recipe.prepare.sets[0].source, LocalSource)
 
 
 def test_cli_reports_user_errors_in_one_line(write_recipe):
     path = write_recipe({"prepare": {"colour": "red"}})
-    done = subprocess.run([sys.executable, "-m", "pipeline", "prepare", str(path)],
-                          capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "prepare", str(path)], capture_output=True, text=True
+    )
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
-    assert lines == ["rsft prepare: error: prepare.colour: unknown key (known keys: "
-                     "max_duration_s, min_duration_s, noise_files, noise_regions, sample_rate, "
-                     "sets, sonic_pi_dir, workers)"]  # fmt: skip
+    assert lines == [
+        "rsft prepare: error: prepare.colour: unknown key (known keys: "
+        "max_duration_s, min_duration_s, noise_files, noise_regions, sample_rate, "
+        "sets, sonic_pi_dir, workers)"
+    ]

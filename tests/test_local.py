@@ -120,12 +120,12 @@ def test_shared_stems_get_path_ids_and_duplicate_ids_are_rejected(tmp_path, spee
     for spk in ("s1", "s2"):
         (tmp_path / spk).mkdir()
         shutil.copy(speech["lights"], tmp_path / spk / "001.wav")
-    (tmp_path / "t.tsv").write_text("path\ttext\ns1/001.wav\ta\ns2/001.wav\tb\n")
-    assert [c.id for c in run(ctx, tmp_path)[0]] == ["s1_001", "s2_001"]
+    (tmp_path / "t.tsv").write_text("path\ttext\ns1/001.wav\ta\n./s2/../s2/001.wav\tb\n")
+    assert [c.id for c in run(ctx, tmp_path)[0]] == ["s1_001", "s2_s2_001"]
     (tmp_path / "t.tsv").write_text("id\tpath\ttext\nx\ts1/001.wav\ta\nx\ts2/001.wav\tb\n")
     cands, rejects = run(ctx, tmp_path)
     assert [c.id for c in cands] == ["x"]
-    assert rejects == [Reject("x", "duplicate id (first on line 2)", "local")]
+    assert rejects == [Reject("x", "duplicate id: first on line 2", "local")]
 
 
 def test_table_errors_name_the_file_and_column(tmp_path, ctx):
@@ -154,6 +154,8 @@ def kaldi_dir(tmp_path, speech) -> Path:
         "spkB-ark /data/feats.ark:1234\n"
         "spkB-timer timer.wav\n"
         f"spkB-notext {speech['weather']}\n"
+        f"spkD-dup {speech['weather']}\n"
+        f"spkD-dup {speech['timer']}\n"
     )
     (data / "text").write_text(
         "spkA-lights TURN ON THE KITCHEN LIGHTS\n"
@@ -161,6 +163,7 @@ def kaldi_dir(tmp_path, speech) -> Path:
         "spkB-ark HELLO\n"
         "spkB-timer SET A TIMER FOR TEN MINUTES\n"
         "spkC-nowav ORPHAN TRANSCRIPT\n"
+        "spkD-dup WHICH ONE\n"
     )
     (data / "utt2spk").write_text(
         "spkA-lights spkA\nspkA-piped spkA\nspkB-ark spkB\nspkB-timer spkB\n"
@@ -181,16 +184,19 @@ def test_kaldi_dir(kaldi_dir, speech, ctx):
         "spkB-ark": local.PIPED_REASON,
         "spkB-notext": "in wav.scp but not in text",
         "spkC-nowav": "in text but not in wav.scp",
+        "spkD-dup": "duplicate utterance id in wav.scp or text",
     }
     assert not (kaldi_dir.parents[2] / "EXECUTED").exists()  # the pipe never ran
     assert_speech(cands[1], sf.info(speech["timer"]).duration)
-    # sorted utterance ids, limit after ordering
-    assert [
-        e.id
-        for e in local.candidates(
-            LocalSource(kind="local", path=str(kaldi_dir), format="kaldi", limit=2), ctx
-        )
-    ] == ["spkA-lights", "spkA-piped"]
+    # sorted utterance ids; the limit counts Candidates and stops right after the last one
+    limited = LocalSource(kind="local", path=str(kaldi_dir), format="kaldi", limit=2)
+    assert [e.id for e in local.candidates(limited, ctx)] == [
+        "spkA-lights",
+        "spkA-piped",
+        "spkB-ark",
+        "spkB-notext",
+        "spkB-timer",
+    ]
 
 
 def test_kaldi_dir_missing_files(tmp_path, ctx):

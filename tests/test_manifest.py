@@ -47,8 +47,13 @@ def test_missing_columns_and_unreadable_files(tmp_path):
 
 
 def test_summary_counts_utterances_and_hours():
-    frame = manifest.to_frame([row(0, "a", duration_s=1800.0), row(1, "b", duration_s=1800.0),
-                               row(2, "c", noise="white", snr_db=5.0)])  # fmt: skip
+    frame = manifest.to_frame(
+        [
+            row(0, "a", duration_s=1800.0),
+            row(1, "b", duration_s=1800.0),
+            row(2, "c", noise="white", snr_db=5.0),
+        ]
+    )
     table = manifest.summary(frame)
     clean = table[table["noise"] == "clean"].iloc[0]
     assert clean["utterances"] == 2 and clean["hours"] == pytest.approx(1.0)

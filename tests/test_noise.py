@@ -29,8 +29,9 @@ def test_real_recordings_are_found_and_unknown_names_refused():
 
 def test_plan_is_deterministic_and_covers_every_snr(tmp_path, speech):
     rows = clean_rows(tmp_path, speech)
-    cfg = NoiseConfig(types=("vinyl_hiss", "babble", "white"), snr_db=(20, 5, 0),
-                      per_utterance="each_snr")  # fmt: skip
+    cfg = NoiseConfig(
+        types=("vinyl_hiss", "babble", "white"), snr_db=(20, 5, 0), per_utterance="each_snr"
+    )
     first = noise.plan(rows[0], cfg, PREP, 0, "s", rows, tmp_path / "noisy")
     again = noise.plan(rows[0], cfg, PREP, 0, "s", rows, tmp_path / "noisy")
     assert first == again
@@ -68,11 +69,19 @@ def test_regions_keep_test_noise_apart():
     job = noise.NoisyJob("x", "", "", "vinyl_hiss", 0.0, 1, region=(0.7, 1.0))
     rng = np.random.default_rng(0)
     for _ in range(20):
-        seg = noise._loop(ramp[int(0.7 * 10_000):], 5000, rng)
+        seg = noise._loop(ramp[int(0.7 * 10_000) :], 5000, rng)
         assert seg.min() >= 7000
     # a real recording: the region's samples only
-    job = noise.NoisyJob("x", "", "", "vinyl_hiss", 0.0, 1,
-                         recording=noise.recording_files("vinyl_hiss", PREP), region=(0.0, 0.6))  # fmt: skip
+    job = noise.NoisyJob(
+        "x",
+        "",
+        "",
+        "vinyl_hiss",
+        0.0,
+        1,
+        recording=noise.recording_files("vinyl_hiss", PREP),
+        region=(0.0, 0.6),
+    )
     full = noise._recording(job.recording, 16000)
     seg = noise.segment(job, 4000, np.random.default_rng(3), 16000)
     train = full[: int(0.6 * len(full))]

@@ -53,7 +53,10 @@ def part_of(key: str, guard_fraction: float) -> str:
 def candidates(cfg: AsteriskSource, ctx: SourceContext) -> Iterator[Candidate | Reject]:
     sounds = Path(cfg.sounds_dir)
     transcripts = Path(cfg.transcripts)
-    for path, package in ((sounds, "asterisk-core-sounds-en-wav"), (transcripts, "asterisk-core-sounds-en")):
+    for path, package in (
+        (sounds, "asterisk-core-sounds-en-wav"),
+        (transcripts, "asterisk-core-sounds-en"),
+    ):
         if not path.exists():
             raise UserError(f"asterisk: {path} not found (apt-get install {package})")
     emitted = 0

@@ -87,9 +87,13 @@ def ingest(cand: Candidate, out_path: Path, limits: Limits) -> dict | Reject:
             return Reject(cand.id, "silent audio (all samples zero)", cand.source)
         stored = None
     if duration < limits.min_duration_s:
-        return Reject(cand.id, f"too short: {duration:.2f} s < {limits.min_duration_s} s", cand.source)
+        return Reject(
+            cand.id, f"too short: {duration:.2f} s < {limits.min_duration_s} s", cand.source
+        )
     if duration > limits.max_duration_s:
-        return Reject(cand.id, f"too long: {duration:.2f} s > {limits.max_duration_s} s", cand.source)
+        return Reject(
+            cand.id, f"too long: {duration:.2f} s > {limits.max_duration_s} s", cand.source
+        )
     if stored is None:
         if cand.path and not changes and _usable_in_place(cand.path, limits.sample_rate):
             stored = str(Path(cand.path).resolve())

@@ -13,7 +13,6 @@ import io
 import os
 from collections.abc import Iterable, Iterator
 from functools import partial
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +36,8 @@ Entry = Candidate | Reject
 def candidates(cfg: HFSource, ctx: SourceContext) -> Iterator[Entry]:
     """Yield a Candidate or a Reject for each example, in dataset order.
 
-    ``cfg.limit`` keeps the first examples of that order, usable or not; in streaming
-    mode nothing past them is read.
+    ``cfg.limit`` stops after that many Candidates (the Rejects met on the way are still
+    yielded); nothing after them is read, which is what makes a limited stream cheap.
     """
     ds, base = load(cfg, ctx)
     columns = _columns(ds)
@@ -52,9 +51,11 @@ def candidates(cfg: HFSource, ctx: SourceContext) -> Iterator[Entry]:
                     f"(available: {', '.join(columns)})"
                 )
     ds = _undecoded(ds, cfg.audio_column)
-    examples: Iterable[dict] = ds.select_columns(list(dict.fromkeys(wanted)))
-    if cfg.limit is not None:
-        examples = islice(examples, cfg.limit)
+    examples = ds.select_columns(list(dict.fromkeys(wanted)))
+    yield from _take(_entries(examples, cfg, base), cfg.limit)
+
+
+def _entries(examples: Iterable[dict], cfg: HFSource, base: Path | None) -> Iterator[Entry]:
     seen: set[str] = set()
     for index, example in enumerate(examples):
         utt = _text(example.get(cfg.id_column)) if cfg.id_column else ""
@@ -66,6 +67,18 @@ def candidates(cfg: HFSource, ctx: SourceContext) -> Iterator[Entry]:
         yield _entry(utt, example, cfg, base)
 
 
+def _take(entries: Iterable[Entry], limit: int | None) -> Iterator[Entry]:
+    """Pass entries through until ``limit`` Candidates have gone by; read nothing after."""
+    if limit is not None and limit <= 0:
+        return
+    kept = 0
+    for entry in entries:
+        yield entry
+        kept += isinstance(entry, Candidate)
+        if limit is not None and kept >= limit:
+            return
+
+
 def load(cfg: HFSource, ctx: SourceContext) -> tuple[Any, Path | None]:
     """Open the dataset split; also return the local folder relative audio paths start from.
 
@@ -74,10 +87,14 @@ def load(cfg: HFSource, ctx: SourceContext) -> tuple[Any, Path | None]:
     where = Path(cfg.dataset).expanduser()
     if where.is_dir() and any((where / name).is_file() for name in SAVED_MARKERS):
         return _from_disk(where, cfg), where
-    if where.is_file() or (where.is_dir() and any(where.rglob("*.parquet"))):
+    parquet_file = where.is_file() and where.suffix.lower() == ".parquet"
+    if parquet_file or (where.is_dir() and any(where.rglob("*.parquet"))):
         return _from_parquet(where, cfg, ctx), where if where.is_dir() else where.parent
     if where.exists():
-        raise UserError(f"hf dataset {where}: not a save_to_disk folder or Parquet files")
+        raise UserError(
+            f"hf dataset {where}: not a save_to_disk folder or Parquet files "
+            "(for audio files with a transcript table, use a 'local' source)"
+        )
     if cfg.dataset.startswith(("/", ".", "~")) or cfg.dataset.endswith(".parquet"):
         raise UserError(f"hf dataset not found: {where}")
     return _from_hub(cfg), None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from functools import partial
 from pathlib import Path
 
@@ -36,16 +36,25 @@ Entry = Candidate | Reject
 def candidates(cfg: LocalSource, ctx: SourceContext) -> Iterator[Entry]:
     """Yield a Candidate or a Reject for each utterance of a local corpus, in a stable order.
 
-    ``cfg.limit`` keeps the first utterances of that order (table row order; sorted
-    utterance ids for Kaldi), whether they turn out usable or not.
+    The order is the table's row order, or sorted utterance ids for Kaldi. ``cfg.limit``
+    stops after that many Candidates; the Rejects met on the way are still yielded.
     """
     del ctx  # local files need no work folder
     root = Path(cfg.path).expanduser()
     entries = _kaldi(root, cfg.accent) if cfg.format == "kaldi" else _table(root, cfg)
-    for n, entry in enumerate(entries):
-        if cfg.limit is not None and n >= cfg.limit:
-            return
+    yield from _take(entries, cfg.limit)
+
+
+def _take(entries: Iterable[Entry], limit: int | None) -> Iterator[Entry]:
+    """Pass entries through until ``limit`` Candidates have gone by; read nothing after."""
+    if limit is not None and limit <= 0:
+        return
+    kept = 0
+    for entry in entries:
         yield entry
+        kept += isinstance(entry, Candidate)
+        if limit is not None and kept >= limit:
+            return
 
 
 # ---------------------------------------------------------------- transcript tables
@@ -118,7 +127,7 @@ def _table(root: Path, cfg: LocalSource) -> Iterator[Entry]:
         line = row + 2  # 1-based, after the header: what an editor shows
         utt = utt or f"row{line}"
         if utt in first_row:
-            yield Reject(utt, f"duplicate id (first on line {first_row[utt]})", SOURCE)
+            yield Reject(utt, f"duplicate id: first on line {first_row[utt]}", SOURCE)
             continue
         first_row[utt] = line
         text = frame[text_col].iat[row]
@@ -134,13 +143,13 @@ def _table(root: Path, cfg: LocalSource) -> Iterator[Entry]:
 def _default_ids(rel_paths: list[str]) -> list[str]:
     """File stems; where two rows share a stem, their path (so speaker folders stay apart)."""
     stems = [Path(p).stem for p in rel_paths]
-    shared = {s for s in stems if stems.count(s) > 1}
-    return [
-        str(Path(p).with_suffix("")).strip("/").replace("/", "_").replace("\\", "_")
-        if s in shared
-        else s
-        for s, p in zip(stems, rel_paths, strict=True)
-    ]
+    shared = {s for s in stems if s and stems.count(s) > 1}
+    return [_path_id(p) if s in shared else s for s, p in zip(stems, rel_paths, strict=True)]
+
+
+def _path_id(rel: str) -> str:
+    parts = Path(rel).with_suffix("").parts
+    return "_".join(part for part in parts if part not in ("/", "\\", ".", ".."))
 
 
 def _value(frame: pd.DataFrame, column: str | None, row: int) -> str:
@@ -163,10 +172,10 @@ def _kaldi(root: Path, default_accent: str) -> Iterator[Entry]:
     texts, text_dupes = _kaldi_map(root / "text")
     speakers = _kaldi_map(root / "utt2spk")[0]
     accents = _kaldi_map(root / "utt2accent")[0]
-    for utt in sorted(dupes | text_dupes):
-        yield Reject(utt, "duplicate utterance id in wav.scp or text", SOURCE)
-    for utt in sorted((wavs.keys() | texts.keys()) - dupes - text_dupes):
-        if utt not in wavs:
+    for utt in sorted(wavs.keys() | texts.keys()):
+        if utt in dupes or utt in text_dupes:
+            yield Reject(utt, "duplicate utterance id in wav.scp or text", SOURCE)
+        elif utt not in wavs:
             yield Reject(utt, "in text but not in wav.scp", SOURCE)
         elif utt not in texts:
             yield Reject(utt, "in wav.scp but not in text", SOURCE)

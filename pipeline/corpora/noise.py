@@ -72,7 +72,9 @@ def plan(
     """The noisy copies of one clean row, drawn with an RNG of its own (order-independent)."""
     rng = np.random.default_rng(stable_seed(seed, set_name, row["id"], "noise"))
     if cfg.per_utterance == "one":
-        conditions = [(cfg.types[rng.integers(len(cfg.types))], cfg.snr_db[rng.integers(len(cfg.snr_db))])]
+        conditions = [
+            (cfg.types[rng.integers(len(cfg.types))], cfg.snr_db[rng.integers(len(cfg.snr_db))])
+        ]
     else:
         conditions = [(cfg.types[rng.integers(len(cfg.types))], snr) for snr in cfg.snr_db]
     jobs = []
@@ -88,8 +90,17 @@ def plan(
         spec = (row["audio_path"], noise, snr, job_seed, recording, cfg.region, babble)
         name = f"{_safe(uid)}.{stable_seed(spec) % 16**8:08x}.flac"
         jobs.append(
-            NoisyJob(uid, row["audio_path"], str(out_dir / name), noise, float(snr), job_seed,
-                     recording, tuple(prep.noise_regions[cfg.region]), babble)  # fmt: skip
+            NoisyJob(
+                uid,
+                row["audio_path"],
+                str(out_dir / name),
+                noise,
+                float(snr),
+                job_seed,
+                recording,
+                tuple(prep.noise_regions[cfg.region]),
+                babble,
+            )
         )
     return jobs
 
@@ -100,7 +111,11 @@ def _talkers(row: dict, others: list[dict], talkers: tuple[int, int], rng) -> tu
     picked: list[int] = []
     for _ in range(50 * k):  # random probes: cheap on large sets, bounded on tiny ones
         i = int(rng.integers(len(others)))
-        if i not in picked and others[i]["id"] != row["id"] and others[i]["speaker"] != row["speaker"]:
+        if (
+            i not in picked
+            and others[i]["id"] != row["id"]
+            and others[i]["speaker"] != row["speaker"]
+        ):
             picked.append(i)
             if len(picked) == k:
                 break
@@ -118,8 +133,13 @@ def make(job: NoisyJob, sample_rate: int = audio.SAMPLE_RATE) -> dict:
         rng = np.random.default_rng(job.seed)
         noise = segment(job, len(speech), rng, sample_rate)
         audio.write_flac(job.out_path, audio.mix_at_snr(speech, noise, job.snr_db), sample_rate)
-    return {"id": job.id, "audio_path": job.out_path, "noise": job.noise, "snr_db": job.snr_db,
-            "duration_s": audio.duration_s(job.out_path)}  # fmt: skip
+    return {
+        "id": job.id,
+        "audio_path": job.out_path,
+        "noise": job.noise,
+        "snr_db": job.snr_db,
+        "duration_s": audio.duration_s(job.out_path),
+    }
 
 
 def segment(job: NoisyJob, length: int, rng: np.random.Generator, sample_rate: int) -> np.ndarray:

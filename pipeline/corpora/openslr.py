@@ -122,9 +122,10 @@ def _fetch(url: str, part: Path) -> bool:
             offset = 0  # the server (or a file: URL) ignored the range: start over
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length and length.isdigit() else None
+        # disable=None: no bar when stderr is not a terminal (logs, CI)
         bar = tqdm(
             total=total, initial=offset, unit="B", unit_scale=True, desc=part.stem, disable=None
-        )  # disable=None: silent when stderr is not a terminal
+        )
         try:
             with bar, open(part, "ab" if offset else "wb") as fh:
                 while block := response.read(CHUNK_BYTES):

@@ -41,7 +41,18 @@ ESPEAK_SPEED = (140, 155, 170)  # words per minute
 FLITE_STRETCH = (0.85, 0.95, 1.05, 1.15, 1.25)  # duration_stretch: >1 is slower
 FLITE_F0 = (95, 110, 130)  # int_f0_target_mean in Hz (ignored by some clunits voices)
 # speakers are dealt into splits in this repeating order, so every split gets some of each voice
-SPEAKER_DEAL = ("train", "train", "train", "heldout", "train", "dev", "train", "test", "train", "test")
+SPEAKER_DEAL = (
+    "train",
+    "train",
+    "train",
+    "heldout",
+    "train",
+    "dev",
+    "train",
+    "test",
+    "train",
+    "test",
+)
 
 
 @dataclass(frozen=True)
@@ -66,10 +77,31 @@ class Speaker:
         engine, name = self.voice.split(":")
         if engine == "espeak":
             voice = f"{name}+{self.variant}"
-            return ["espeak-ng", "-v", voice, "-p", str(self.pitch), "-s", str(int(self.rate)),
-                    "--stdout", "--", text]  # fmt: skip
-        return ["flite", "-voice", name, "--setf", f"duration_stretch={self.rate:g}",
-                "--setf", f"int_f0_target_mean={self.pitch}", "-t", text, "-o", "/dev/stdout"]  # fmt: skip
+            return [
+                "espeak-ng",
+                "-v",
+                voice,
+                "-p",
+                str(self.pitch),
+                "-s",
+                str(int(self.rate)),
+                "--stdout",
+                "--",
+                text,
+            ]
+        return [
+            "flite",
+            "-voice",
+            name,
+            "--setf",
+            f"duration_stretch={self.rate:g}",
+            "--setf",
+            f"int_f0_target_mean={self.pitch}",
+            "-t",
+            text,
+            "-o",
+            "/dev/stdout",
+        ]
 
 
 def speakers(voice: str) -> list[Speaker]:
@@ -77,13 +109,18 @@ def speakers(voice: str) -> list[Speaker]:
     engine = voice.split(":")[0]
     if engine == "espeak":
         return [
-            Speaker(voice, v, p, s) for v in ESPEAK_VARIANTS for p in ESPEAK_PITCH for s in ESPEAK_SPEED
+            Speaker(voice, v, p, s)
+            for v in ESPEAK_VARIANTS
+            for p in ESPEAK_PITCH
+            for s in ESPEAK_SPEED
         ]
     return [Speaker(voice, "", f, x) for x in FLITE_STRETCH for f in FLITE_F0]
 
 
 def speakers_in_split(voice: str, split: str) -> list[Speaker]:
-    return [s for i, s in enumerate(speakers(voice)) if SPEAKER_DEAL[i % len(SPEAKER_DEAL)] == split]
+    return [
+        s for i, s in enumerate(speakers(voice)) if SPEAKER_DEAL[i % len(SPEAKER_DEAL)] == split
+    ]
 
 
 def resolve_voices(names: tuple[str, ...]) -> list[str]:

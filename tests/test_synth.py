@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+
+from pipeline.config import SynthPart, SynthSource
+from pipeline.corpora import synth
+from pipeline.corpora.base import SourceContext
+from pipeline.errors import UserError
+
+
+def ctx(tmp_path, name="s"):
+    return SourceContext(seed=0, set_name=name, split="pool", work_dir=tmp_path)
+
+
+def test_every_accent_has_speakers_in_every_split():
+    for voices in synth.ACCENT_VOICES.values():
+        for voice in voices:
+            per_split = {
+                s: synth.speakers_in_split(voice, s) for s in ("train", "heldout", "dev", "test")
+            }
+            assert all(per_split.values()), voice
+            ids = [{sp.id for sp in group} for group in per_split.values()]
+            assert sum(map(len, ids)) == len(set().union(*ids)) == len(synth.speakers(voice))
+
+
+def test_resolve_voices():
+    assert synth.resolve_voices(("caribbean",)) == ["espeak:en-029"]
+    assert synth.resolve_voices(("us", "flite:rms")) == [
+        "espeak:en-us",
+        "flite:rms",
+        "flite:slt",
+        "flite:kal16",
+    ]
+    assert len(synth.resolve_voices(("all",))) == 12
+    with pytest.raises(UserError, match="unknown voice or accent 'martian'"):
+        synth.resolve_voices(("martian",))
+
+
+@pytest.mark.parametrize("voice", sorted(synth.VOICE_ACCENT))
+def test_every_voice_renders_real_speech(voice):
+    speaker = synth.speakers_in_split(voice, "test")[0]
+    wave, _ = synth.render(tuple(speaker.command("Turn off the bedroom lights.")), 16000)
+    duration = len(wave) / 16000
+    assert 0.8 < duration < 4.0
+    assert np.sqrt(np.mean(wave**2)) > 0.01
+
+
+def test_text_starting_with_a_dash_is_spoken_not_parsed():
+    speaker = synth.speakers("espeak:en-us")[0]
+    wave, _ = synth.render(tuple(speaker.command("-v sounds like an option.")), 16000)
+    assert len(wave) / 16000 > 1.0
+
+
+def test_candidates_balance_accents_and_are_deterministic(tmp_path):
+    cfg = SynthSource(
+        kind="synth",
+        text_split="test",
+        speaker_split="test",
+        parts=(
+            SynthPart(count=40, voices=("us", "caribbean")),
+            SynthPart(count=10, voices=("nyc",)),
+        ),
+    )
+    first = list(synth.candidates(cfg, ctx(tmp_path)))
+    again = list(synth.candidates(cfg, ctx(tmp_path)))
+    assert [(c.id, c.text, c.speaker, c.spec) for c in first] == [
+        (c.id, c.text, c.speaker, c.spec) for c in again
+    ]
+    accents = [c.accent for c in first]
+    assert accents.count("us") == accents.count("caribbean") == 20 and accents.count("nyc") == 10
+    assert len({c.text for c in first}) == 50
+    test_speakers = {s.id for v in synth.VOICE_ACCENT for s in synth.speakers_in_split(v, "test")}
+    assert {c.speaker for c in first} <= test_speakers
+    other = list(synth.candidates(cfg, ctx(tmp_path, name="other")))
+    assert [c.text for c in other] != [c.text for c in first]
