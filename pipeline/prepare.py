@@ -73,7 +73,10 @@ def set_fingerprint(recipe: Recipe, set_cfg: SetConfig, items: list | None = Non
     prep = to_dict(recipe.prepare)
     prep.pop("sets")
     prep.pop("workers")  # the number of processes does not change the result
-    inputs = [(i.id, getattr(i, "spec", None) or getattr(i, "reason", "")) for i in items or []]
+    inputs = [
+        (i.id, i.reason) if isinstance(i, Reject) else (i.id, i.text, i.speaker, i.accent, i.spec)
+        for i in items or []
+    ]
     return fingerprint(recipe.seed, prep, to_dict(set_cfg), inputs, __version__)
 
 

@@ -82,7 +82,7 @@ def test_tsv_table_with_relative_paths_and_a_missing_file(tmp_path, speech, ctx)
     assert timer.text == 'set a "timer"' and timer.accent == "en-gb"
     assert lights.path == str((corpus / "audio" / "lights.wav").resolve())
     assert lights.spec.startswith(f"{lights.path}:")
-    assert [(r.id, r.reason) for r in rejects] == [("gone", "audio file not found: audio/gone.wav")]
+    assert [(r.id, r.reason) for r in rejects] == [("gone", "audio file missing: audio/gone.wav")]
     assert_speech(lights, sf.info(speech["lights"]).duration)
     assert_speech(libri, 2.99)
 

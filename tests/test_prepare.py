@@ -135,7 +135,8 @@ def test_prepare_builds_manifests_summary_and_rejects(write_recipe, bad_corpus, 
 
     bad = manifest.read(root / "manifests" / "bad.parquet")
     assert sorted(bad["id"]) == ["good", "stereo"]
-    rejects = pd.read_csv(root / "rejects" / "bad.tsv", sep="\t").set_index("id")["reason"]
+    tsv = pd.read_csv(root / "rejects" / "bad.tsv", sep="\t", dtype=str, keep_default_na=False)
+    rejects = tsv.set_index("id")["reason"]
     expected = {
         "nan": "non-finite",
         "empty": "empty audio",

@@ -236,7 +236,7 @@ def _file_candidate(
     tries = [given] if given.is_absolute() else [base / given for base in bases]
     path = next((p.resolve() for p in tries if p.is_file()), None)
     if path is None:
-        return Reject(utt, f"audio file not found: {rel}", SOURCE)
+        return Reject(utt, f"audio file missing: {rel}", SOURCE)
     stat = os.stat(path)
     return Candidate(
         id=utt,

@@ -87,7 +87,10 @@ def plan(
         elif noise not in GENERATED:
             recording = recording_files(noise, prep)
         uid = f"{row['id']}_{noise}_{snr:g}dB"
-        spec = (row["audio_path"], noise, snr, job_seed, recording, cfg.region, babble)
+        # file names (which carry their own spec hash), not folders: the same audio gets the
+        # same name under any data root
+        names = [Path(p).name for p in (row["audio_path"], *recording, *babble)]
+        spec = (names, noise, snr, job_seed, prep.noise_regions[cfg.region])
         name = f"{_safe(uid)}.{stable_seed(spec) % 16**8:08x}.flac"
         jobs.append(
             NoisyJob(
