@@ -202,7 +202,8 @@ def _noisy_job(args: tuple) -> dict | Reject:
 
 def _map(fn: Callable, jobs: list, workers: int, desc: str) -> Iterator:
     """``fn`` over ``jobs`` in order, in ``workers`` processes, with a progress bar."""
-    bar = dict(total=len(jobs), desc=desc, unit="utt", leave=False, mininterval=1.0)
+    # disable=None: no bar when output is not a terminal (logs, CI)
+    bar = dict(total=len(jobs), desc=desc, unit="utt", leave=False, mininterval=1.0, disable=None)
     if workers <= 1 or len(jobs) < 32:
         yield from tqdm(map(fn, jobs), **bar)
         return

@@ -861,9 +861,8 @@ def partition(items: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
         raise ValueError(f"cannot partition {n} items into three non-empty parts")
     n_test, n_dev = max(1, (2 * n + 5) // 10), max(1, (n + 5) // 10)
     ranked = sorted(items, key=lambda item: _digest("partition:" + item))
-    part = dict.fromkeys(ranked[:n_test], "test") | dict.fromkeys(
-        ranked[n_test : n_test + n_dev], "dev"
-    )
+    test, dev = ranked[:n_test], ranked[n_test : n_test + n_dev]
+    part = {**dict.fromkeys(test, "test"), **dict.fromkeys(dev, "dev")}
     return {
         name: tuple(item for item in items if part.get(item, "train") == name)
         for name in ("train", "dev", "test")
