@@ -5,12 +5,13 @@ PY := $(VENV)/bin/python
 RECIPE ?= recipes/demo.yaml
 ARGS ?=
 
-.PHONY: help setup debian venv demo test test-all lint format prepare clean
+.PHONY: help setup debian venv demo test lint format prepare evaluate clean
 
 help:
 	@echo "make demo       set up, then run the pipeline on recipes/demo.yaml"
 	@echo "make test       set up, then run the tests"
 	@echo "make prepare RECIPE=recipes/demo.yaml [ARGS='--set prepare.workers=1']"
+	@echo "make evaluate RECIPE=recipes/demo.yaml [ARGS='--model data/demo/finetune/rsft']"
 	@echo "make lint       ruff"
 
 setup: debian venv
@@ -30,8 +31,9 @@ $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 	touch $@
 
 demo: setup
-	$(PY) -m pipeline prepare recipes/demo.yaml $(ARGS)
-	@echo "demo: ran the stages that exist so far (prepare); score, select, finetune, evaluate and report come next"
+	$(PY) -m pipeline prepare recipes/demo.yaml
+	$(PY) -m pipeline evaluate recipes/demo.yaml
+	@echo "demo: ran the stages that exist so far (prepare, evaluate of the pretrained model); score, select, finetune and report come next"
 
 test: setup
 	$(PY) -m pytest -q
@@ -46,6 +48,9 @@ format: venv
 
 prepare: setup
 	$(PY) -m pipeline prepare $(RECIPE) $(ARGS)
+
+evaluate: setup
+	$(PY) -m pipeline evaluate $(RECIPE) $(ARGS)
 
 clean:
 	rm -rf data/

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from pipeline import __version__
 from pipeline.config import load_recipe
@@ -17,8 +18,24 @@ def _prepare(args: argparse.Namespace) -> None:
     prepare.run(load_recipe(args.recipe, args.set))
 
 
+def _evaluate(args: argparse.Namespace) -> None:
+    from pipeline import evaluate
+
+    evaluate.run(load_recipe(args.recipe, args.set), args.model, args.name)
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from pipeline import evaluate
+
+    for run in (args.run_a, args.run_b):
+        if not run.is_dir():
+            raise UserError(f"not an evaluate run folder: {run}")
+    evaluate.compare(args.run_a, args.run_b, n_boot=args.bootstrap)
+
+
 STAGES = {
     "prepare": (_prepare, "build corpus manifests and audio (synthesised, local, hub, archives)"),
+    "evaluate": (_evaluate, "WER/CER per test set and group, with bootstrap intervals"),
 }
 
 
@@ -40,6 +57,21 @@ def build_parser() -> argparse.ArgumentParser:
         )
         stage.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
         stage.set_defaults(func=func)
+        if name == "evaluate":
+            stage.add_argument("--model", help="model to evaluate (default: the recipe's model)")
+            stage.add_argument("--name", help="run name (default: 'pretrained' or the folder name)")
+    compare = sub.add_parser(
+        "compare",
+        help="paired bootstrap of WER between two evaluate runs",
+        description="Paired bootstrap of WER(B) - WER(A) per test set scored by both runs.",
+    )
+    compare.add_argument(
+        "run_a", type=Path, help="evaluate run folder, e.g. data/demo/evaluate/pretrained"
+    )
+    compare.add_argument("run_b", type=Path, help="second evaluate run folder")
+    compare.add_argument("--bootstrap", type=int, default=1000, help="resamples (default 1000)")
+    compare.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    compare.set_defaults(func=_compare)
     return parser
 
 

@@ -134,12 +134,38 @@ class PrepareConfig:
 
 
 @dataclass(frozen=True)
+class ModelConfig:
+    """The pretrained recogniser and how it reads audio (shared by score, finetune, evaluate)."""
+
+    name: str = "bundled:whisper-tiny.en"  # or a hub id, or a save_pretrained folder
+    # Whisper input layout: 'standard' (30 s padding), 'short' (encoder context cut to
+    # context_s) or 'packed' (several utterances per 30 s window); see pipeline.models.whisper
+    layout: Literal["standard", "short", "packed"] = "standard"
+    context_s: float = 8.0
+    pack_gap_s: float = 1.0  # silence between packed utterances
+    tokens_per_s: float = 6.0  # generation cap per second of audio (stops repetition loops)
+    decode_bf16: bool = False  # bf16 autocast for decoding (faster, may loop more)
+    batch_size: int = 16
+    threads: int | None = None  # torch threads (default: torch's choice)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    sets: tuple[str, ...] = ()  # prepared sets to score; default: every 'test' set
+    group_by: tuple[str, ...] = ("accent", "noise", "snr_db")
+    bootstrap: int = 1000  # resamples for confidence intervals
+    limit: int | None = None  # utterances per set, for quick looks
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     seed: int = 0
     data_dir: str | None = None  # default: data/<name>
     description: str = ""
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     @property
     def root(self) -> Path:
@@ -230,6 +256,8 @@ def _check(recipe: Recipe) -> None:
             raise RecipeError(f"prepare.sets: set name {name!r} appears more than once")
         if not name.replace("_", "").replace("-", "").isalnum():
             raise RecipeError(f"prepare.sets: set name {name!r} must be letters, digits, _ or -")
+    if recipe.model.context_s <= 0 or recipe.model.context_s > 30:
+        raise RecipeError("model.context_s: must be in (0, 30] seconds")
     for region, (lo, hi) in prep.noise_regions.items():
         if not 0.0 <= lo < hi <= 1.0:
             raise RecipeError(f"prepare.noise_regions.{region}: need 0 <= start < end <= 1")

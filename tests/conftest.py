@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import transformers
 import yaml
 
 from pipeline import audio
+from pipeline.fsio import read_json
+from pipeline.models import bundled
 
 
 @pytest.fixture
@@ -36,3 +41,63 @@ def write_recipe(tmp_path: Path):
         return path
 
     return _write
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper_dir(tmp_path_factory):
+    """A 2-layer random Whisper with the bundled model's real tokenizer, saved to a folder."""
+    src = bundled.bundled_source_dir()
+    config = transformers.WhisperConfig(
+        vocab_size=51864,
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        num_mel_bins=80,
+        pad_token_id=50256,
+        bos_token_id=50257,
+        eos_token_id=50256,
+        decoder_start_token_id=50257,
+    )
+    torch.manual_seed(0)
+    model = transformers.WhisperForConditionalGeneration(config)
+    model.generation_config = bundled.generation_config(read_json(src / "config.json"), 448)
+    out = tmp_path_factory.mktemp("tiny_whisper")
+    model.save_pretrained(out)
+    bundled.processor(src).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_ctc_dir(tmp_path_factory):
+    """A small random wav2vec2 CTC model with a character vocabulary."""
+    out = tmp_path_factory.mktemp("tiny_ctc")
+    letters = list("ABCDEFGHIJKLMNOPQRSTUVWXYZ'")
+    vocab = {"<pad>": 0, "<unk>": 1, "|": 2, **{c: i + 3 for i, c in enumerate(letters)}}
+    (out / "vocab.json").write_text(json.dumps(vocab))
+    tokenizer = transformers.Wav2Vec2CTCTokenizer(out / "vocab.json", word_delimiter_token="|")
+    extractor = transformers.Wav2Vec2FeatureExtractor(return_attention_mask=True)
+    transformers.Wav2Vec2Processor(
+        feature_extractor=extractor, tokenizer=tokenizer
+    ).save_pretrained(out)
+    config = transformers.Wav2Vec2Config(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(32, 32, 32),
+        conv_stride=(5, 4, 4),
+        conv_kernel=(10, 8, 8),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+        feat_extract_norm="layer",
+        do_stable_layer_norm=True,
+        pad_token_id=0,
+    )
+    torch.manual_seed(0)
+    transformers.Wav2Vec2ForCTC(config).save_pretrained(out)
+    return out

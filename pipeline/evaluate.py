@@ -1,0 +1,222 @@
+"""Stage 5, evaluate: WER and CER per test set and per group, with bootstrap intervals.
+
+Output, under ``<data_dir>/evaluate/<run>/`` (run: 'pretrained' or the model folder's name):
+  <set>/recognitions.tsv  id, reference, hypothesis (raw and normalised)
+  <set>/errors.txt        aligned errors of every utterance with one
+  <set>/utterances.parquet per-utterance errors with the manifest's metadata (for compare)
+  <set>/wer.json          WER/CER with intervals, per group, speed, model fingerprint, recipe
+  <set>/summary.txt       the group table
+  wer.json, summary.txt   one row per set
+A set whose model, settings and manifest are unchanged is not decoded again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from pipeline import __version__, audio, manifest, metrics, text
+from pipeline.config import Recipe
+from pipeline.errors import UserError
+from pipeline.fsio import atomic_path, file_sha256, fingerprint, read_json, write_json, write_text
+from pipeline.models import loader
+from pipeline.models.base import SpeechModel, length_batches
+from pipeline.typed import to_dict
+
+log = logging.getLogger(__name__)
+MODELS_DIR = Path("data/models")  # converted bundled models, shared by every recipe
+
+
+def run(recipe: Recipe, model_name: str | None = None, run_name: str | None = None) -> pd.DataFrame:
+    """Evaluate a model (default: the recipe's pretrained model) on the recipe's test sets."""
+    cfg = recipe.model if model_name is None else replace(recipe.model, name=model_name)
+    run_name = run_name or ("pretrained" if model_name is None else Path(model_name).name)
+    out = recipe.root / "evaluate" / run_name
+    sets = list(recipe.evaluate.sets) or [s.name for s in recipe.prepare.sets if s.split == "test"]
+    paths = {s: recipe.root / "prepare" / "manifests" / f"{s}.parquet" for s in sets}
+    for name, path in paths.items():
+        if not path.exists():
+            raise UserError(f"set {name!r}: no manifest at {path} (run: rsft prepare first)")
+    log.info(
+        "Stage 5: evaluate %s (%s layout) on %d sets -> %s", cfg.name, cfg.layout, len(sets), out
+    )
+    model = loader.load(cfg, MODELS_DIR)
+    model_print = model.fingerprint()
+    rows = []
+    for name, path in paths.items():
+        settings = {k: v for k, v in to_dict(cfg).items() if k not in ("batch_size", "threads")}
+        key = fingerprint(
+            model_print, settings, file_sha256(path), to_dict(recipe.evaluate), __version__
+        )
+        result_path = out / name / "wer.json"
+        if result_path.exists() and read_json(result_path).get("key") == key:
+            log.info("set %s: up to date", name)
+            result = read_json(result_path)
+        else:
+            result = evaluate_set(model, cfg.batch_size, manifest.read(path), recipe, out / name)
+            result.update(
+                key=key,
+                set=name,
+                model=cfg.name,
+                model_fingerprint=model_print,
+                layout=cfg.layout,
+                code_version=__version__,
+                recipe=to_dict(recipe),
+            )
+            write_json(result_path, result)
+        rows.append(
+            {k: result[k] for k in ("set", "utterances", "wer", "wer_low", "wer_high", "cer")}
+            | {"rejects": len(result["rejects"]), "utt_per_s": result["utt_per_s"]}
+        )
+    table = pd.DataFrame(rows)
+    report = format_table(table, ["set"])
+    write_text(out / "summary.txt", report + "\n")
+    write_json(
+        out / "wer.json",
+        {"model": cfg.name, "model_fingerprint": model_print, "layout": cfg.layout, "sets": rows},
+    )
+    print(f"{cfg.name} ({cfg.layout} layout), {out}\n{report}")
+    return table
+
+
+def evaluate_set(
+    model: SpeechModel, batch_size: int, frame: pd.DataFrame, recipe: Recipe, out: Path
+) -> dict:
+    """Decode one set, score it, and write its files; return the wer.json content."""
+    if recipe.evaluate.limit is not None:
+        frame = frame.head(recipe.evaluate.limit)
+    hyps: dict[str, str] = {}
+    rejects: dict[str, str] = {}
+    started, audio_s = time.perf_counter(), 0.0
+    batches = list(length_batches(frame["duration_s"].tolist(), batch_size))
+    for batch in tqdm(batches, desc=out.name, unit="batch", leave=False, disable=None):
+        ids, waves = [], []
+        for i in batch:
+            row = frame.iloc[i]
+            try:
+                wave, _ = audio.read(row["audio_path"])
+            except (audio.AudioError, OSError) as err:
+                rejects[row["id"]] = str(err)
+                continue
+            ids.append(row["id"])
+            waves.append(wave)
+            audio_s += len(wave) / audio.SAMPLE_RATE
+        if waves:
+            hyps.update(zip(ids, model.transcribe(waves), strict=True))
+    elapsed = time.perf_counter() - started
+    if rejects:
+        log.warning(
+            "set %s: %d utterances could not be read (see wer.json)", out.name, len(rejects)
+        )
+    scored = frame[frame["id"].isin(hyps)].reset_index(drop=True)
+    if scored.empty:
+        raise UserError(f"set {out.name}: no utterance could be decoded")
+    scored["hypothesis"] = scored["id"].map(hyps)
+    refs = text.normalize_batch(scored["text"])
+    outs = text.normalize_batch(scored["hypothesis"])
+    errors = metrics.utterance_errors(refs, outs, ids=scored["id"].tolist())
+    per = pd.concat(
+        [scored.reset_index(drop=True), errors.drop(columns="id", errors="ignore")], axis=1
+    )
+    per["reference_norm"], per["hypothesis_norm"] = refs, outs
+    write_outputs(per, out)
+    rng = np.random.default_rng(recipe.seed)
+    low, high = metrics.bootstrap_ci(
+        per["errors"].to_numpy(), per["ref_words"].to_numpy(), rng, recipe.evaluate.bootstrap
+    )
+    by = [c for c in recipe.evaluate.group_by if c in per.columns]
+    groups = metrics.group_table(per, by, rng, recipe.evaluate.bootstrap)
+    write_text(out / "summary.txt", format_table(groups, by) + "\n")
+    return {
+        "utterances": len(per),
+        "wer": metrics.wer(per),
+        "wer_low": low,
+        "wer_high": high,
+        "cer": metrics.cer(per),
+        "groups": groups.to_dict(orient="records"),
+        "rejects": rejects,
+        "audio_s": audio_s,
+        "decode_s": elapsed,
+        "utt_per_s": len(per) / elapsed if elapsed else float("nan"),
+        "real_time_factor": elapsed / audio_s if audio_s else float("nan"),
+    }
+
+
+def write_outputs(per: pd.DataFrame, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    cols = ["id", "text", "hypothesis", "reference_norm", "hypothesis_norm"]
+    tsv = per[cols].rename(columns={"text": "reference"})
+    write_text(out / "recognitions.tsv", tsv.to_csv(sep="\t", index=False))
+    write_text(
+        out / "errors.txt",
+        metrics.alignment_text(
+            per["id"].tolist(), per["reference_norm"].tolist(), per["hypothesis_norm"].tolist()
+        ),
+    )
+    with_errors = per.drop(columns=["audio_path"])
+    with atomic_path(out / "utterances.parquet") as tmp:
+        with_errors.to_parquet(tmp, index=False)
+
+
+def format_table(table: pd.DataFrame, keys: list[str]) -> str:
+    """WER and CER as percentages with the 95% interval, one row per group."""
+    shown = table.copy()
+    shown["WER %"] = [
+        f"{100 * w:5.1f} [{100 * lo:5.1f}, {100 * hi:5.1f}]"
+        for w, lo, hi in zip(table["wer"], table["wer_low"], table["wer_high"], strict=True)
+    ]
+    shown["CER %"] = [f"{100 * c:5.1f}" for c in table["cer"]]
+    extra = [c for c in ("utterances", "rejects", "utt_per_s") if c in shown.columns]
+    if "utt_per_s" in shown.columns:
+        shown["utt_per_s"] = shown["utt_per_s"].map(lambda v: f"{v:.1f}")
+    for key in keys:
+        shown[key] = shown[key].map(
+            lambda v: "-" if pd.isna(v) else (f"{v:g}" if isinstance(v, float) else v)
+        )
+    return shown[keys + ["WER %", "CER %"] + extra].to_string(index=False)
+
+
+def compare(run_a: Path, run_b: Path, seed: int = 0, n_boot: int = 1000) -> pd.DataFrame:
+    """Paired bootstrap of WER(B) - WER(A) on every set both runs scored."""
+    sets = sorted(
+        p.parent.name
+        for p in run_a.glob("*/utterances.parquet")
+        if (run_b / p.parent.name / "utterances.parquet").exists()
+    )
+    if not sets:
+        raise UserError(f"no test set was scored by both {run_a} and {run_b}")
+    rng = np.random.default_rng(seed)
+    rows = []
+    for name in sets:
+        a = pd.read_parquet(run_a / name / "utterances.parquet")[["id", "errors", "ref_words"]]
+        b = pd.read_parquet(run_b / name / "utterances.parquet")[["id", "errors"]]
+        both = a.merge(b, on="id", suffixes=("_a", "_b"))
+        test = metrics.paired_bootstrap(
+            both["errors_a"].to_numpy(),
+            both["errors_b"].to_numpy(),
+            both["ref_words"].to_numpy(),
+            rng,
+            n_boot,
+        )
+        wer_a = both["errors_a"].sum() / both["ref_words"].sum()
+        wer_b = both["errors_b"].sum() / both["ref_words"].sum()
+        rows.append({"set": name, "utterances": len(both), "wer_a": wer_a, "wer_b": wer_b, **test})
+    table = pd.DataFrame(rows)
+    write_json(
+        run_b / f"compare-{run_a.name}.json", {"a": str(run_a), "b": str(run_b), "sets": rows}
+    )
+    shown = table.copy()
+    for col in ("wer_a", "wer_b"):
+        shown[col] = shown[col].map(lambda v: f"{100 * v:.1f}")
+    for col in ("delta", "low", "high"):
+        shown[col] = shown[col].map(lambda v: f"{100 * v:+.1f}")
+    shown["p_value"] = shown["p_value"].map(lambda v: f"{v:.3f}")
+    print(f"WER (%): A = {run_a}, B = {run_b}; delta = B - A with 95% interval")
+    print(shown.to_string(index=False))
+    return table

@@ -1,0 +1,1 @@
+"""Load and convert pretrained recognisers: hub models and the bundled offline default."""

@@ -1,0 +1,53 @@
+"""One interface over speech recognisers: transcribe, embed, and score transcripts.
+
+Later stages only see ``SpeechModel``; Whisper (sequence to sequence) and wav2vec2 (CTC) are
+its two implementations. Batches are built by the caller; models take lists of 16 kHz waves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+SAMPLE_RATE = 16000  # Hz
+
+
+class SpeechModel(ABC):
+    """A pretrained or fine-tuned recogniser with the operations the stages need."""
+
+    name: str  # what the user asked for: a hub id, a folder, or bundled:...
+    model: torch.nn.Module
+
+    @abstractmethod
+    def transcribe(self, waves: Sequence[np.ndarray]) -> list[str]:
+        """Greedy transcripts of a batch of 16 kHz mono waves."""
+
+    @abstractmethod
+    def embed(self, waves: Sequence[np.ndarray]) -> np.ndarray:
+        """Mean-pooled final encoder states over each wave's own frames: (batch, dim) float32."""
+
+    @abstractmethod
+    def loss(self, waves: Sequence[np.ndarray], texts: Sequence[str]) -> np.ndarray:
+        """Per-utterance loss of the given transcripts (mean NLL per token or per frame)."""
+
+    def fingerprint(self) -> str:
+        """sha256 over every parameter and buffer: the same weights give the same print."""
+        digest = hashlib.sha256()
+        for key, tensor in sorted(self.model.state_dict().items()):
+            digest.update(key.encode())
+            digest.update(tensor.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy())
+        return digest.hexdigest()[:16]
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def length_batches(durations: Sequence[float], batch_size: int) -> Iterator[list[int]]:
+    """Indices grouped into batches of similar length (longest first), to waste little padding."""
+    order = np.argsort(-np.asarray(durations, dtype=np.float64), kind="stable")
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size].tolist()

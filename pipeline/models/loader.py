@@ -1,0 +1,79 @@
+"""Load a recogniser by name: ``bundled:whisper-tiny.en``, a local folder, or a hub id."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import transformers
+
+from pipeline.config import ModelConfig
+from pipeline.errors import UserError
+from pipeline.models.base import SpeechModel
+from pipeline.models.wav2vec2 import CTC
+from pipeline.models.whisper import Whisper
+
+log = logging.getLogger(__name__)
+
+OFFLINE_HINT = "use bundled:whisper-tiny.en (offline) or a local folder written by save_pretrained"
+
+
+def load(cfg: ModelConfig, cache_dir: Path) -> SpeechModel:
+    """The model named in ``cfg``, wrapped for the stages; UserError if it cannot be had."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.name.startswith("bundled:"):
+        from pipeline.models import bundled
+
+        if cfg.name != bundled.BUNDLED_ID:
+            raise UserError(f"model {cfg.name!r}: unknown bundled model; {OFFLINE_HINT}")
+        model, processor = bundled.load_bundled(cache_dir)
+    else:
+        model, processor = _from_pretrained(cfg.name)
+    kind = model.config.model_type
+    if kind == "whisper":
+        return Whisper(
+            model,
+            processor,
+            cfg.name,
+            layout=cfg.layout,
+            context_s=cfg.context_s,
+            pack_gap_s=cfg.pack_gap_s,
+            tokens_per_s=cfg.tokens_per_s,
+            decode_bf16=cfg.decode_bf16,
+        )
+    if hasattr(model, "lm_head"):  # wav2vec2, HuBERT, WavLM, ... with a CTC head
+        return CTC(model, processor, cfg.name)
+    raise UserError(f"model {cfg.name!r}: model type {kind!r} is neither Whisper nor CTC")
+
+
+def _from_pretrained(name: str):
+    """Local files first (a folder, or the hub cache); then the hub, never running remote code."""
+    local = Path(name).expanduser()
+    if name.startswith((".", "/", "~")) and not local.exists():
+        raise UserError(f"model folder not found: {name}")
+    errors = []
+    for local_only in (True, False):
+        if local.exists() and not local_only:
+            break
+        try:
+            config = transformers.AutoConfig.from_pretrained(name, local_files_only=local_only)
+            cls = (
+                transformers.WhisperForConditionalGeneration
+                if config.model_type == "whisper"
+                else transformers.AutoModelForCTC
+            )
+            model = cls.from_pretrained(name, local_files_only=local_only)
+            processor = transformers.AutoProcessor.from_pretrained(
+                name, local_files_only=local_only
+            )
+            return model, processor
+        except (OSError, ValueError) as err:
+            errors.append(str(err).splitlines()[0][:160])
+    if local.exists():
+        raise UserError(f"model folder {name} could not be loaded: {errors[0]}")
+    raise UserError(
+        f"model {name!r} could not be loaded: not in the local cache and the hub is "
+        f"unreachable (offline?); {OFFLINE_HINT}"
+    )

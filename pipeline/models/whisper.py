@@ -1,0 +1,279 @@
+"""Whisper behind the SpeechModel interface, in three input layouts.
+
+Whisper was trained on 30 s windows; voice commands last a few seconds. Layouts:
+  standard  every utterance padded to 30 s (what the model expects; slow on short audio)
+  short     the encoder context cut to ``context_s`` (positional embeddings sliced); utterances
+            longer than the context fall back to the standard layout
+  packed    several utterances, separated by ``pack_gap_s`` of silence, share one 30 s window
+            (what Whisper's own training windows look like); transcripts are split back by
+            the timestamps Whisper predicts, embeddings by each utterance's frames
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import transformers
+
+from pipeline.models.base import SAMPLE_RATE, SpeechModel
+
+CHUNK_S = 30.0  # Whisper's window
+FRAMES_PER_S = 50  # encoder positions per second (10 ms mel hop, then stride 2)
+LAYOUTS = ("standard", "short", "packed")
+
+
+@dataclass(frozen=True)
+class Window:
+    """Utterances packed into one window, and where each one sits (seconds)."""
+
+    members: list[int]
+    spans: list[tuple[float, float]]
+    wave: np.ndarray
+
+
+class Whisper(SpeechModel):
+    def __init__(
+        self,
+        model,
+        processor,
+        name: str,
+        layout: str = "standard",
+        context_s: float = 8.0,
+        pack_gap_s: float = 1.0,
+        tokens_per_s: float = 6.0,
+        decode_bf16: bool = False,
+    ):
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {layout!r}")
+        self.model = model.eval()
+        self.processor = processor
+        self.name = name
+        self.layout = layout
+        self.context_s = min(context_s, CHUNK_S) if layout == "short" else CHUNK_S
+        self.pack_gap_s = pack_gap_s
+        self.tokens_per_s = tokens_per_s  # caps generation: loops stop at a length speech can have
+        self.decode_bf16 = decode_bf16
+        gen = model.generation_config
+        self.prefix = [gen.decoder_start_token_id, gen.no_timestamps_token_id]
+        self.eot = gen.eos_token_id if isinstance(gen.eos_token_id, int) else gen.eos_token_id[0]
+
+    # -- features and context -------------------------------------------------------------
+
+    def features(self, waves: Sequence[np.ndarray], seconds: float) -> torch.Tensor:
+        """Log-mel features padded or cut to ``seconds``."""
+        feats = self.processor.feature_extractor(
+            [np.asarray(w, dtype=np.float32) for w in waves],
+            sampling_rate=SAMPLE_RATE,
+            return_tensors="pt",
+            padding="max_length",
+            max_length=int(round(seconds * SAMPLE_RATE)),
+            truncation=True,
+        ).input_features
+        return feats.to(self.model.device, self.model.dtype)
+
+    @contextlib.contextmanager
+    def context(self, seconds: float) -> Iterator[None]:
+        """Run the encoder on ``seconds`` of input by slicing its positional embeddings."""
+        encoder = self.model.get_encoder()
+        positions = int(round(seconds * FRAMES_PER_S))
+        full, config = encoder.embed_positions, self.model.config
+        if positions == full.num_embeddings:
+            yield
+            return
+        saved = config.max_source_positions
+        encoder.embed_positions = torch.nn.Embedding.from_pretrained(
+            full.weight[:positions], freeze=True
+        )
+        config.max_source_positions = positions
+        try:
+            yield
+        finally:
+            encoder.embed_positions, config.max_source_positions = full, saved
+
+    def _groups(self, waves: Sequence[np.ndarray]) -> list[tuple[float, list[int]]]:
+        """(context seconds, member indices): short layout sends long utterances to 30 s."""
+        if self.layout != "short":
+            return [(CHUNK_S, list(range(len(waves))))]
+        fits = [i for i, w in enumerate(waves) if len(w) <= self.context_s * SAMPLE_RATE]
+        long = [i for i in range(len(waves)) if i not in set(fits)]
+        return [(s, g) for s, g in ((self.context_s, fits), (CHUNK_S, long)) if g]
+
+    # -- transcription ------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def transcribe(self, waves: Sequence[np.ndarray]) -> list[str]:
+        if self.layout == "packed":
+            return self._transcribe_packed(waves)
+        out = [""] * len(waves)
+        for seconds, members in self._groups(waves):
+            group = [waves[i] for i in members]
+            longest = max(len(w) for w in group) / SAMPLE_RATE
+            with self.context(seconds):
+                ids = self._generate(self.features(group, seconds), self._budget(longest))
+            for i, text in zip(members, self._decode(ids), strict=True):
+                out[i] = text
+        return out
+
+    def _budget(self, speech_s: float, extra: int = 0) -> int:
+        """New tokens allowed for ``speech_s`` of speech: caps repetition loops."""
+        return min(440, math.ceil(speech_s * self.tokens_per_s) + 8 + extra)
+
+    def _generate(self, feats: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:
+        with (
+            _quiet_transformers(),
+            torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.decode_bf16),
+        ):
+            return self.model.generate(
+                input_features=feats,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                **kwargs,
+            )
+
+    def _decode(self, ids: torch.Tensor) -> list[str]:
+        return [t.strip() for t in self.processor.batch_decode(ids, skip_special_tokens=True)]
+
+    def pack(self, waves: Sequence[np.ndarray]) -> list[Window]:
+        """Greedy packing in the given order into windows of at most 30 s."""
+        gap = np.zeros(int(self.pack_gap_s * SAMPLE_RATE), dtype=np.float32)
+        windows, members, spans, parts, used = [], [], [], [], 0.0
+        for i, wave in enumerate(waves):
+            dur = len(wave) / SAMPLE_RATE
+            if members and used + self.pack_gap_s + dur > CHUNK_S:
+                windows.append(Window(members, spans, np.concatenate(parts)))
+                members, spans, parts, used = [], [], [], 0.0
+            start = used + (self.pack_gap_s if members else 0.0)
+            parts += [gap, wave] if members else [wave]
+            members.append(i)
+            spans.append((start, start + dur))
+            used = start + dur
+        if members:
+            windows.append(Window(members, spans, np.concatenate(parts)))
+        return windows
+
+    def _transcribe_packed(self, waves: Sequence[np.ndarray]) -> list[str]:
+        """Decode whole windows with timestamps; each segment goes to the utterance it overlaps.
+
+        Splitting is the weak point: a segment that spans two short utterances goes to one of
+        them (see recipes/RESULTS.md). Cross-attention word times split better but made
+        decoding six times slower here.
+        """
+        out = [""] * len(waves)
+        windows = self.pack(waves)
+        feats = self.features([w.wave for w in windows], CHUNK_S)
+        speech_s = max(sum(e - s for s, e in w.spans) for w in windows)
+        most = max(len(w.members) for w in windows)  # two timestamp tokens per utterance
+        ids = self._generate(feats, self._budget(speech_s, 2 * most), return_timestamps=True)
+        for window, seq in zip(windows, ids, strict=True):
+            offsets = self.processor.tokenizer.decode(seq.tolist(), output_offsets=True)["offsets"]
+            mids = [
+                (o["timestamp"][0] + (o["timestamp"][1] or o["timestamp"][0])) / 2 for o in offsets
+            ]
+            pieces: dict[int, list[str]] = {}
+            for offset, k in zip(offsets, assign_segments(mids, window.spans), strict=True):
+                pieces.setdefault(k, []).append(offset["text"].strip())
+            for k, member in enumerate(window.members):
+                out[member] = " ".join(pieces.get(k, []))
+        return out
+
+    # -- embeddings and losses ------------------------------------------------------------
+
+    @torch.inference_mode()
+    def embed(self, waves: Sequence[np.ndarray]) -> np.ndarray:
+        out = np.zeros((len(waves), self.model.config.d_model), dtype=np.float32)
+        if self.layout == "packed":
+            for window in self.pack(waves):
+                states = self._encode([window.wave], CHUNK_S)[0]
+                for member, (start, end) in zip(window.members, window.spans, strict=True):
+                    lo, hi = (
+                        int(start * FRAMES_PER_S),
+                        max(int(start * FRAMES_PER_S) + 1, math.ceil(end * FRAMES_PER_S)),
+                    )
+                    out[member] = states[lo:hi].mean(0).float().numpy()
+            return out
+        for seconds, members in self._groups(waves):
+            states = self._encode([waves[i] for i in members], seconds)
+            for row, i in enumerate(members):
+                valid = min(
+                    states.shape[1], max(1, math.ceil(len(waves[i]) / SAMPLE_RATE * FRAMES_PER_S))
+                )
+                out[i] = states[row, :valid].mean(0).float().numpy()
+        return out
+
+    def _encode(self, waves: Sequence[np.ndarray], seconds: float) -> torch.Tensor:
+        with self.context(seconds):
+            return self.model.get_encoder()(self.features(waves, seconds)).last_hidden_state
+
+    @torch.inference_mode()
+    def loss(self, waves: Sequence[np.ndarray], texts: Sequence[str]) -> np.ndarray:
+        """Mean NLL per token (text tokens and end of text) of each transcript."""
+        out = np.zeros(len(waves), dtype=np.float32)
+        for seconds, members in self._groups(waves):
+            tokens = [self.text_tokens(texts[i]) for i in members]
+            inputs, targets = self._teacher_forcing(tokens)
+            with self.context(seconds):
+                logits = self.model(
+                    input_features=self.features([waves[i] for i in members], seconds),
+                    decoder_input_ids=inputs,
+                ).logits.float()
+            nll = torch.nn.functional.cross_entropy(
+                logits.transpose(1, 2), targets, ignore_index=-100, reduction="none"
+            )
+            counts = (targets != -100).sum(1).clamp(min=1)
+            for row, i in enumerate(members):
+                out[i] = float(nll[row].sum() / counts[row])
+        return out
+
+    def text_tokens(self, text: str) -> list[int]:
+        """Transcript tokens followed by end of text (Whisper's text starts with a space)."""
+        ids = self.processor.tokenizer(" " + text.strip(), add_special_tokens=False).input_ids
+        return ids + [self.eot]
+
+    def _teacher_forcing(self, tokens: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decoder inputs (prefix + text) and targets (text + end, -100 on prefix and padding)."""
+        width = len(self.prefix) - 1 + max(len(t) for t in tokens)
+        inputs = torch.full((len(tokens), width), self.eot, dtype=torch.long)
+        targets = torch.full((len(tokens), width), -100, dtype=torch.long)
+        for row, seq in enumerate(tokens):
+            full = self.prefix + seq
+            inputs[row, : len(full) - 1] = torch.tensor(full[:-1])
+            targets[row, len(self.prefix) - 1 : len(full) - 1] = torch.tensor(seq)
+        return inputs.to(self.model.device), targets.to(self.model.device)
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence per-call advice (max_length vs max_new_tokens, Whisper's unused attention mask)."""
+    level = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(level)
+
+
+def assign_segments(midpoints: list[float], spans: list[tuple[float, float]]) -> list[int]:
+    """The utterance each decoded word (or segment) belongs to, from its time in the window.
+
+    Whisper's times drift (they often run late), so they are first shifted by the offset that
+    puts the most of them inside an utterance's span.
+    """
+    if not midpoints:
+        return []
+    mids = np.asarray(midpoints)
+    starts = np.array([s for s, _ in spans])
+    ends = np.array([e for _, e in spans])
+
+    def distance(shift: float) -> np.ndarray:  # segments x spans, 0 inside a span
+        t = mids[:, None] - shift
+        return np.maximum(starts[None, :] - t, 0) + np.maximum(t - ends[None, :], 0)
+
+    shifts = np.arange(-3.0, 3.0 + 1e-9, 0.02)
+    costs = [distance(s).min(axis=1).sum() + 1e-3 * abs(s) for s in shifts]
+    return distance(shifts[int(np.argmin(costs))]).argmin(axis=1).tolist()

@@ -1,0 +1,82 @@
+"""The evaluate stage and compare, on prepared real prompts, with a tiny model and the real one."""
+
+import json
+from dataclasses import replace
+
+import pandas as pd
+import pytest
+
+from pipeline import evaluate, prepare
+from pipeline.config import load_recipe
+from pipeline.errors import UserError
+
+RECIPE = {
+    "prepare": {
+        "workers": 1,
+        "sets": [
+            {
+                "name": "ast",
+                "split": "test",
+                "source": {"kind": "asterisk", "part": "test", "limit": 8},
+            },
+            {
+                "name": "cmd",
+                "split": "test",
+                "source": {
+                    "kind": "synth",
+                    "text_split": "test",
+                    "speaker_split": "test",
+                    "parts": [{"count": 4, "voices": ["us", "caribbean"]}],
+                },
+                "noise": {"types": ["white"], "snr_db": [10], "keep_clean": True, "region": "test"},
+            },
+        ],
+    },
+    "evaluate": {"bootstrap": 200},
+}
+
+
+@pytest.fixture
+def prepared(write_recipe, tmp_path, monkeypatch):
+    monkeypatch.setattr(evaluate, "MODELS_DIR", tmp_path / "models")
+    path = write_recipe(RECIPE)
+    recipe = load_recipe(path)
+    prepare.run(recipe)
+    return recipe
+
+
+def test_evaluate_writes_tables_skips_bad_audio_and_reuses_results(prepared, tiny_whisper_dir):
+    cmd = pd.read_parquet(prepared.root / "prepare" / "manifests" / "cmd.parquet")
+    victim = prepared.root / "prepare" / "manifests" / cmd["audio_path"].iloc[0]
+    victim.write_bytes(b"not audio any more")
+    table = evaluate.run(prepared, str(tiny_whisper_dir), "tiny")
+    assert set(table["set"]) == {"ast", "cmd"}
+    out = prepared.root / "evaluate" / "tiny"
+    result = json.loads((out / "cmd" / "wer.json").read_text())
+    assert list(result["rejects"]) == [cmd["id"].iloc[0]]
+    assert result["utterances"] == len(cmd) - 1
+    groups = pd.DataFrame(result["groups"])
+    assert set(groups["noise"]) == {"clean", "white"} and groups["utterances"].sum() == len(cmd) - 1
+    assert {"model_fingerprint", "recipe", "code_version", "real_time_factor"} <= set(result)
+    recognitions = pd.read_csv(out / "ast" / "recognitions.tsv", sep="\t")
+    assert list(recognitions.columns[:3]) == ["id", "reference", "hypothesis"]
+    assert (out / "ast" / "errors.txt").read_text().startswith("===")
+    stamp = (out / "ast" / "wer.json").stat().st_mtime_ns
+    evaluate.run(prepared, str(tiny_whisper_dir), "tiny")
+    assert (out / "ast" / "wer.json").stat().st_mtime_ns == stamp  # unchanged: not decoded again
+
+
+def test_real_model_baseline_on_real_prompts(prepared):
+    only_prompts = replace(prepared, evaluate=replace(prepared.evaluate, sets=("ast",)))
+    table = evaluate.run(only_prompts)
+    wer = table.set_index("set").loc["ast", "wer"]
+    assert wer < 0.15  # tiny.en on clean real telephone prompts
+    run = prepared.root / "evaluate" / "pretrained"
+    same = evaluate.compare(run, run, n_boot=200)
+    assert same["delta"].tolist() == [0.0] and same["p_value"].tolist() == [1.0]
+
+
+def test_missing_manifest_is_a_user_error(write_recipe, tmp_path):
+    recipe = load_recipe(write_recipe({"evaluate": {"sets": ["nothing"]}}))
+    with pytest.raises(UserError, match=r"no manifest .* \(run: rsft prepare first\)"):
+        evaluate.run(recipe)

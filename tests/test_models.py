@@ -1,0 +1,113 @@
+"""The SpeechModel interface on tiny randomly initialised Whisper and wav2vec2 models."""
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import ModelConfig
+from pipeline.errors import UserError
+from pipeline.models import loader
+from pipeline.models.base import length_batches
+from pipeline.models.whisper import assign_segments
+
+
+def waves(speech, n=3):
+    """Real speech of different lengths."""
+    return [speech[: len(speech) * (k + 1) // n] for k in range(n)]
+
+
+@pytest.mark.parametrize("layout", ["standard", "short", "packed"])
+def test_whisper_layouts_transcribe_embed_and_score(tiny_whisper_dir, speech, layout):
+    model = loader.load(
+        ModelConfig(name=str(tiny_whisper_dir), layout=layout, context_s=2.0), tiny_whisper_dir
+    )
+    batch = waves(speech)
+    texts = model.transcribe(batch)
+    assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
+    emb = model.embed(batch)
+    assert emb.shape == (3, 32) and np.isfinite(emb).all()
+    losses = model.loss(batch, ["Turn on the lights.", "Hello.", "Turn on the kitchen lights."])
+    assert losses.shape == (3,) and (losses > 0).all()
+
+
+def test_whisper_loss_and_embedding_do_not_depend_on_the_batch(tiny_whisper_dir, speech):
+    model = loader.load(
+        ModelConfig(name=str(tiny_whisper_dir), layout="short", context_s=8.0), tiny_whisper_dir
+    )
+    batch = waves(speech)
+    texts = ["One.", "Turn on the kitchen lights please.", "Two words."]
+    together = model.loss(batch, texts)
+    alone = np.array([model.loss([w], [t])[0] for w, t in zip(batch, texts, strict=True)])
+    np.testing.assert_allclose(together, alone, rtol=1e-4)
+    np.testing.assert_allclose(
+        model.embed(batch)[0], model.embed(batch[:1])[0], rtol=1e-4, atol=1e-5
+    )
+
+
+def test_short_context_slices_positions_and_restores_them(tiny_whisper_dir, speech):
+    model = loader.load(
+        ModelConfig(name=str(tiny_whisper_dir), layout="short", context_s=4.0), tiny_whisper_dir
+    )
+    encoder = model.model.get_encoder()
+    with model.context(4.0):
+        assert encoder.embed_positions.num_embeddings == 200
+        assert model.model.config.max_source_positions == 200
+        out = encoder(model.features([speech], 4.0)).last_hidden_state
+        assert out.shape[1] == 200
+    assert encoder.embed_positions.num_embeddings == 1500
+    long = np.tile(speech, 3)  # longer than the context: falls back to 30 s
+    assert model._groups([speech[:16000], long]) == [(4.0, [0]), (30.0, [1])]
+
+
+def test_packing_and_segment_assignment(tiny_whisper_dir, speech):
+    model = loader.load(
+        ModelConfig(name=str(tiny_whisper_dir), layout="packed", pack_gap_s=1.0), tiny_whisper_dir
+    )
+    batch = [speech] * 12  # about 2 s each: a window holds 10
+    windows = model.pack(batch)
+    assert [len(w.members) for w in windows] == [10, 2]
+    first = windows[0]
+    assert first.spans[1][0] == pytest.approx(first.spans[0][1] + 1.0)
+    assert len(first.wave) / 16000 == pytest.approx(first.spans[-1][1])
+    spans = [(0.0, 1.0), (2.0, 3.5), (4.5, 6.0)]
+    # timestamps that run 1.5 s late are still assigned in order
+    assert assign_segments([2.0, 4.2, 4.6, 6.7], spans) == [0, 1, 1, 2]
+    assert assign_segments([], spans) == []
+
+
+def test_ctc_model_transcribes_embeds_and_scores(tiny_ctc_dir, speech):
+    model = loader.load(ModelConfig(name=str(tiny_ctc_dir)), tiny_ctc_dir)
+    batch = waves(speech)
+    assert len(model.transcribe(batch)) == 3
+    assert model.targets("it's ok") == model.targets("IT'S  OK")
+    texts = ["turn on", "the lights", "please turn on the kitchen lights"]
+    together = model.loss(batch, texts)
+    alone = np.array([model.loss([w], [t])[0] for w, t in zip(batch, texts, strict=True)])
+    np.testing.assert_allclose(together, alone, rtol=1e-3)
+    emb = model.embed(batch)
+    np.testing.assert_allclose(emb[0], model.embed(batch[:1])[0], rtol=1e-3, atol=1e-4)
+
+
+def test_fingerprint_follows_the_weights(tiny_whisper_dir):
+    a = loader.load(ModelConfig(name=str(tiny_whisper_dir)), tiny_whisper_dir)
+    b = loader.load(ModelConfig(name=str(tiny_whisper_dir)), tiny_whisper_dir)
+    assert a.fingerprint() == b.fingerprint()
+    with torch.no_grad():
+        b.model.proj_out.weight[0, 0] += 1.0
+    assert a.fingerprint() != b.fingerprint()
+
+
+def test_unreachable_models_give_one_line_errors(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    with pytest.raises(UserError, match="offline.*bundled:whisper-tiny.en"):
+        loader.load(ModelConfig(name="openai/whisper-small"), tmp_path)
+    with pytest.raises(UserError, match="model folder not found"):
+        loader.load(ModelConfig(name="./no/such/model"), tmp_path)
+    with pytest.raises(UserError, match="unknown bundled model"):
+        loader.load(ModelConfig(name="bundled:whisper-huge"), tmp_path)
+
+
+def test_length_batches_group_similar_lengths():
+    batches = list(length_batches([1.0, 5.0, 2.0, 4.0, 3.0], 2))
+    assert batches == [[1, 3], [4, 2], [0]]
