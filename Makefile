@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 RECIPE ?= recipes/demo.yaml
 ARGS ?=
 
-.PHONY: help setup debian venv demo test lint format prepare evaluate clean
+.PHONY: help setup debian venv demo test lint format prepare score select evaluate clean
 
 help:
 	@echo "make demo       set up, then run the pipeline on recipes/demo.yaml"
@@ -48,6 +48,12 @@ format: venv
 
 prepare: setup
 	$(PY) -m pipeline prepare $(RECIPE) $(ARGS)
+
+score: setup
+	$(PY) -m pipeline score $(RECIPE) $(ARGS)
+
+select: setup
+	$(PY) -m pipeline select $(RECIPE) $(ARGS)
 
 evaluate: setup
 	$(PY) -m pipeline evaluate $(RECIPE) $(ARGS)

@@ -18,6 +18,18 @@ def _prepare(args: argparse.Namespace) -> None:
     prepare.run(load_recipe(args.recipe, args.set))
 
 
+def _score(args: argparse.Namespace) -> None:
+    from pipeline import score
+
+    score.run(load_recipe(args.recipe, args.set))
+
+
+def _select(args: argparse.Namespace) -> None:
+    from pipeline import select
+
+    select.run(load_recipe(args.recipe, args.set))
+
+
 def _evaluate(args: argparse.Namespace) -> None:
     from pipeline import evaluate
 
@@ -35,6 +47,11 @@ def _compare(args: argparse.Namespace) -> None:
 
 STAGES = {
     "prepare": (_prepare, "build corpus manifests and audio (synthesised, local, hub, archives)"),
+    "score": (
+        _score,
+        "embeddings, losses and hypotheses of the pretrained model on pool and target",
+    ),
+    "select": (_select, "density-ratio rejection sampling and baseline subsets at one budget"),
     "evaluate": (_evaluate, "WER/CER per test set and group, with bootstrap intervals"),
 }
 

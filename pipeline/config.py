@@ -150,6 +150,40 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class ScoreConfig:
+    sets: tuple[str, ...] = ()  # default: every 'pool' and 'target' set
+    # embeddings and losses: 'packed' windows keep the model exactly as pretrained at a
+    # fraction of the 30 s cost; hypotheses: 'short' context (commands fit in 8 s)
+    layout: Literal["standard", "short", "packed"] = "packed"
+    decode_layout: Literal["standard", "short", "packed"] = "short"
+    hypotheses: bool = True  # greedy transcripts for the wer_filter baseline
+    batch_size: int = 32
+    shard_size: int = 512  # utterances per resumable piece
+
+
+@dataclass(frozen=True)
+class SelectConfig:
+    pool: str = "pool"  # the labelled pool set
+    target: str | None = "target"  # the unlabelled target-sample set
+    budget: int = 300  # utterances per subset
+    methods: tuple[str, ...] = ("rsft", "random", "oracle", "full", "wer_filter", "importance")
+    # rsft's log-ratio: the sum of these estimators' log-ratios
+    estimators: tuple[Literal["classifier", "groups", "difficulty"], ...] = ("classifier",)
+    group_columns: tuple[str, ...] = ("accent", "noise", "snr_db")  # groups and diagnostics
+    group_weights: dict[str, float] = field(
+        default_factory=dict
+    )  # 'a|b|c' -> weight; {} = balanced
+    folds: int = 5  # cross-fitting folds of the classifier
+    C: float = 1.0  # inverse L2 strength of the logistic regression
+    pca_dim: int | None = None
+    beta: float = 1.0  # difficulty tilt exp(beta * loss)
+    # M = max w (exact draws) when None; a quantile of w trades exactness for acceptance, and
+    # clips most of the mass when the target is rarer than 1 - quantile of the pool
+    cap_quantile: float | None = None
+    wer_threshold: float = 0.3  # wer_filter keeps utterances at or below this pretrained WER
+
+
+@dataclass(frozen=True)
 class EvaluateConfig:
     sets: tuple[str, ...] = ()  # prepared sets to score; default: every 'test' set
     group_by: tuple[str, ...] = ("accent", "noise", "snr_db")
@@ -165,6 +199,8 @@ class Recipe:
     description: str = ""
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     @property

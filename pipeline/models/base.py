@@ -26,6 +26,10 @@ class SpeechModel(ABC):
     def transcribe(self, waves: Sequence[np.ndarray]) -> list[str]:
         """Greedy transcripts of a batch of 16 kHz mono waves."""
 
+    def transcribe_scored(self, waves: Sequence[np.ndarray]) -> tuple[list[str], np.ndarray]:
+        """Greedy transcripts and their mean log-probability per token (NaN if not known)."""
+        return self.transcribe(waves), np.full(len(waves), np.nan, dtype=np.float32)
+
     @abstractmethod
     def embed(self, waves: Sequence[np.ndarray]) -> np.ndarray:
         """Mean-pooled final encoder states over each wave's own frames: (batch, dim) float32."""
@@ -33,6 +37,13 @@ class SpeechModel(ABC):
     @abstractmethod
     def loss(self, waves: Sequence[np.ndarray], texts: Sequence[str]) -> np.ndarray:
         """Per-utterance loss of the given transcripts (mean NLL per token or per frame)."""
+
+    def analyse(
+        self, waves: Sequence[np.ndarray], texts: Sequence[str] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Embeddings and, given transcripts, losses (NaN without); models may share the work."""
+        losses = np.full(len(waves), np.nan, dtype=np.float32)
+        return self.embed(waves), (self.loss(waves, texts) if texts is not None else losses)
 
     def fingerprint(self) -> str:
         """sha256 over every parameter and buffer: the same weights give the same print."""

@@ -48,6 +48,22 @@ def load(cfg: ModelConfig, cache_dir: Path) -> SpeechModel:
     raise UserError(f"model {cfg.name!r}: model type {kind!r} is neither Whisper nor CTC")
 
 
+def with_layout(model: SpeechModel, layout: str) -> SpeechModel:
+    """The same weights read in another Whisper input layout (CTC models have one layout)."""
+    if not isinstance(model, Whisper) or model.layout == layout:
+        return model
+    return Whisper(
+        model.model,
+        model.processor,
+        model.name,
+        layout=layout,
+        context_s=model.configured_context_s,
+        pack_gap_s=model.pack_gap_s,
+        tokens_per_s=model.tokens_per_s,
+        decode_bf16=model.decode_bf16,
+    )
+
+
 def _from_pretrained(name: str):
     """Local files first (a folder, or the hub cache); then the hub, never running remote code."""
     local = Path(name).expanduser()

@@ -1,0 +1,192 @@
+"""Stage 2, score: the pretrained model's view of every pool and target-sample utterance.
+
+Output, under ``<data_dir>/score/<set>/``:
+  embeddings.npy    float16 (utterances, dim): mean-pooled encoder states, row-aligned with
+  scores.parquet    id, loss (NLL of the reference; NaN for the unlabelled target sample),
+                    hypothesis, logprob (its mean token log-probability), wer (vs the text)
+  shards/           the same in pieces of ``score.shard_size``; a killed run redoes only the
+                    missing ones, and under ``accelerate launch`` each process takes every
+                    N-th shard while the main process gathers them
+  done.json         the set's key (model fingerprint, settings, manifest hash)
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from accelerate import PartialState
+from tqdm import tqdm
+
+from pipeline import __version__, audio, manifest, metrics, text
+from pipeline.config import Recipe
+from pipeline.errors import UserError
+from pipeline.evaluate import MODELS_DIR
+from pipeline.fsio import atomic_path, file_sha256, fingerprint, read_json, write_json
+from pipeline.models import loader
+from pipeline.models.base import SpeechModel, length_batches
+from pipeline.typed import to_dict
+
+log = logging.getLogger(__name__)
+UNLABELLED_SPLITS = ("target",)  # the target sample is audio only: its transcripts are not used
+
+
+def run(recipe: Recipe) -> None:
+    """Score every pool and target set of the recipe (or ``score.sets``)."""
+    cfg = recipe.score
+    state = PartialState()
+    sets = list(cfg.sets) or [s.name for s in recipe.prepare.sets if s.split in ("pool", "target")]
+    split_of = {s.name: s.split for s in recipe.prepare.sets}
+    paths = {name: recipe.root / "prepare" / "manifests" / f"{name}.parquet" for name in sets}
+    for name, path in paths.items():
+        if not path.exists():
+            raise UserError(f"set {name!r}: no manifest at {path} (run: rsft prepare first)")
+    if state.is_main_process:
+        log.info(
+            "Stage 2: score %s with %s on %d process(es)",
+            ", ".join(sets),
+            recipe.model.name,
+            state.num_processes,
+        )
+    with state.main_process_first():  # the bundled model is converted once
+        analyser = loader.load(replace(recipe.model, layout=cfg.layout), MODELS_DIR)
+    decoder = loader.with_layout(analyser, cfg.decode_layout) if cfg.hypotheses else None
+    model_print = analyser.fingerprint()
+    for name, path in paths.items():
+        settings = {k: v for k, v in to_dict(cfg).items() if k != "sets"}
+        key = fingerprint(
+            model_print, to_dict(recipe.model), settings, file_sha256(path), __version__
+        )
+        out = recipe.root / "score" / name
+        done = out / "done.json"
+        if done.exists() and read_json(done).get("key") == key:
+            log.info("set %s: up to date", name)
+            continue
+        labelled = split_of.get(name) not in UNLABELLED_SPLITS
+        score_set(
+            analyser,
+            decoder,
+            manifest.read(path),
+            out,
+            key,
+            cfg.shard_size,
+            cfg.batch_size,
+            labelled,
+            state,
+        )
+        if state.is_main_process:
+            gather(out, key, manifest.read(path) if labelled else None)
+        state.wait_for_everyone()
+
+
+def score_set(
+    analyser: SpeechModel,
+    decoder: SpeechModel | None,
+    frame: pd.DataFrame,
+    out: Path,
+    key: str,
+    shard_size: int,
+    batch_size: int,
+    labelled: bool,
+    state: PartialState,
+) -> None:
+    """Write this process's shards of one set (skipping shards already written for ``key``)."""
+    starts = range(0, len(frame), shard_size)
+    mine = [k for k in range(len(starts)) if k % state.num_processes == state.process_index]
+    for k in tqdm(mine, desc=out.name, unit="shard", disable=not state.is_main_process or None):
+        path = out / "shards" / f"{k:05d}.npz"
+        if path.exists() and str(np.load(path)["key"]) == key:
+            continue
+        shard = frame.iloc[k * shard_size : (k + 1) * shard_size].reset_index(drop=True)
+        arrays = score_shard(analyser, decoder, shard, batch_size, labelled)
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, key=np.array(key), **arrays)
+    state.wait_for_everyone()
+
+
+def score_shard(
+    analyser: SpeechModel,
+    decoder: SpeechModel | None,
+    shard: pd.DataFrame,
+    batch_size: int,
+    labelled: bool,
+) -> dict[str, np.ndarray]:
+    n = len(shard)
+    emb = None
+    loss = np.full(n, np.nan, dtype=np.float32)
+    logprob = np.full(n, np.nan, dtype=np.float32)
+    hyps = np.array([""] * n, dtype=object)
+    bad = np.zeros(n, dtype=bool)
+    for batch in length_batches(shard["duration_s"].tolist(), batch_size):
+        waves, rows = [], []
+        for i in batch:
+            try:
+                waves.append(audio.read(shard["audio_path"].iloc[i])[0])
+                rows.append(i)
+            except (audio.AudioError, OSError):
+                bad[i] = True  # counted at gather time; its embedding stays NaN
+        if not rows:
+            continue
+        texts = [shard["text"].iloc[i] for i in rows] if labelled else None
+        e, l_ = analyser.analyse(waves, texts)
+        if emb is None:
+            emb = np.full((n, e.shape[1]), np.nan, dtype=np.float32)
+        emb[rows], loss[rows] = e, l_
+        if decoder is not None and labelled:
+            h, lp = decoder.transcribe_scored(waves)
+            hyps[rows], logprob[rows] = h, lp
+    if emb is None:
+        emb = np.full((n, 1), np.nan, dtype=np.float32)
+    return {
+        "ids": shard["id"].to_numpy(dtype=str),
+        "embeddings": emb.astype(np.float16),
+        "loss": loss,
+        "logprob": logprob,
+        "hypotheses": hyps.astype(str),
+        "unreadable": bad,
+    }
+
+
+def gather(out: Path, key: str, frame: pd.DataFrame | None) -> None:
+    """Concatenate the shards into embeddings.npy and scores.parquet (main process).
+
+    ``frame`` (the manifest of a labelled set) gives each hypothesis its WER.
+    """
+    shards = sorted((out / "shards").glob("*.npz"))
+    parts = [np.load(p) for p in shards]
+    if any(str(p["key"]) != key for p in parts):
+        raise UserError(f"{out}: shards from another run are mixed in; delete {out} and rerun")
+    emb = np.concatenate([p["embeddings"] for p in parts])
+    table = pd.DataFrame(
+        {
+            "id": np.concatenate([p["ids"] for p in parts]),
+            "loss": np.concatenate([p["loss"] for p in parts]),
+            "hypothesis": np.concatenate([p["hypotheses"] for p in parts]),
+            "logprob": np.concatenate([p["logprob"] for p in parts]),
+            "unreadable": np.concatenate([p["unreadable"] for p in parts]),
+        }
+    )
+    table["wer"] = np.nan
+    if frame is not None:
+        refs = frame.set_index("id").loc[table["id"], "text"].tolist()
+        errors = metrics.utterance_errors(
+            text.normalize_batch(refs), text.normalize_batch(table["hypothesis"].tolist())
+        )
+        table["wer"] = (errors["errors"] / errors["ref_words"].clip(lower=1)).to_numpy()
+    with atomic_path(out / "embeddings.npy") as tmp, open(tmp, "wb") as fh:
+        np.save(fh, emb)
+    with atomic_path(out / "scores.parquet") as tmp:
+        table.to_parquet(tmp, index=False)
+    write_json(
+        out / "done.json",
+        {"key": key, "utterances": len(table), "unreadable": int(table["unreadable"].sum())},
+    )
+    log.info(
+        "set %s: %d utterances scored, %d unreadable",
+        out.name,
+        len(table),
+        int(table["unreadable"].sum()),
+    )

@@ -1,0 +1,193 @@
+"""Stage 3, select: density ratios and rejection sampling, with baselines at the same budget.
+
+Output, under ``<data_dir>/select/``:
+  <method>/subset.parquet    the selected pool rows (manifest columns, plus ``count`` for
+                             selectors that draw with replacement)
+  <method>/diagnostics.json  acceptance, expected vs actual, ESS, clipped mass, group shares
+                             of pool / target / selected with total variation, log-w histograms
+  <method>/shares.png, <method>/log_ratio.png
+  log_ratio.parquet          id, log_w of the rsft estimator (for reports)
+  summary.json, summary.txt  one row per method
+
+The target sample's metadata (accent, noise, SNR) is used only by the ``oracle`` baseline and
+by the diagnostics; ``rsft`` sees the target sample's audio embeddings alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline import manifest, plots, ratios, sampling
+from pipeline.config import Recipe, SelectConfig
+from pipeline.errors import UserError
+from pipeline.fsio import atomic_path, stable_seed, write_json, write_text
+
+log = logging.getLogger(__name__)
+
+
+def group_keys(frame: pd.DataFrame, columns: tuple[str, ...]) -> list[tuple]:
+    """Metadata groups; clean audio's missing SNR is its own value."""
+    parts = [
+        frame[c].map(lambda v: "clean" if pd.isna(v) else (f"{v:g}" if isinstance(v, float) else v))
+        for c in columns
+    ]
+    return list(zip(*parts, strict=True)) if parts else [()] * len(frame)
+
+
+def load_scored(recipe: Recipe, name: str) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
+    """A set's manifest, embeddings and scores, checked to be row-aligned."""
+    path = recipe.root / "prepare" / "manifests" / f"{name}.parquet"
+    out = recipe.root / "score" / name
+    if not (out / "done.json").exists():
+        raise UserError(f"set {name!r}: not scored yet (run: rsft score first)")
+    frame = manifest.read(path)
+    emb = np.load(out / "embeddings.npy").astype(np.float32)
+    scores = pd.read_parquet(out / "scores.parquet")
+    if scores["id"].tolist() != frame["id"].tolist():
+        raise UserError(f"set {name!r}: scores do not match the manifest (rerun: rsft score)")
+    return frame, emb, scores
+
+
+def estimate_log_ratio(cfg: SelectConfig, pool_emb, target_emb, pool_groups, loss, rng):
+    """The rsft log-ratio: the configured estimators summed; returns (log_w, info per estimator)."""
+    parts, info = [], {}
+    for name in cfg.estimators:
+        if name == "classifier":
+            log_w, info[name] = ratios.classifier_log_ratio(
+                pool_emb, target_emb, rng, folds=cfg.folds, C=cfg.C, pca_dim=cfg.pca_dim
+            )
+        elif name == "groups":
+            target = cfg.group_weights or ratios.balanced_target(pool_groups)
+            target = {
+                tuple(k.split("|")) if isinstance(k, str) else k: v for k, v in target.items()
+            }
+            log_w, info[name] = ratios.groups_log_ratio(pool_groups, target)
+        else:
+            log_w, info[name] = ratios.difficulty_log_ratio(loss, cfg.beta)
+        parts.append(log_w)
+    return ratios.combine(*parts), info
+
+
+def run(recipe: Recipe) -> pd.DataFrame:
+    cfg = recipe.select
+    out = recipe.root / "select"
+    log.info(
+        "Stage 3: select %d of %s for %s -> %s", cfg.budget, cfg.pool, ", ".join(cfg.methods), out
+    )
+    pool, pool_emb, scores = load_scored(recipe, cfg.pool)
+    pool_groups = group_keys(pool, cfg.group_columns)
+    target_shares = None
+    target_emb = None
+    if cfg.target:
+        target, target_emb, _ = load_scored(recipe, cfg.target)
+        target_shares = sampling.group_shares(group_keys(target, cfg.group_columns))
+    needs_ratio = {"rsft", "importance"} & set(cfg.methods)
+    if needs_ratio and "classifier" in cfg.estimators and target_emb is None:
+        raise UserError("select.estimators: 'classifier' needs a target sample (select.target)")
+    rng = np.random.default_rng(stable_seed(recipe.seed, "select", "ratio"))
+    log_w, info = (
+        estimate_log_ratio(cfg, pool_emb, target_emb, pool_groups, scores["loss"].to_numpy(), rng)
+        if needs_ratio
+        else (np.zeros(len(pool)), {})
+    )
+    _write_frame(out / "log_ratio.parquet", pd.DataFrame({"id": pool["id"], "log_w": log_w}))
+    rows = []
+    for method in cfg.methods:
+        rng = np.random.default_rng(stable_seed(recipe.seed, "select", method))
+        try:
+            selection, method_log_w = _select(
+                method, cfg, log_w, pool_groups, target_shares, scores, rng
+            )
+        except UserError as err:
+            if method in ("rsft", "random"):
+                raise
+            log.warning("select: %s skipped: %s", method, err)  # a baseline missing its inputs
+            rows.append({"method": method, "skipped": str(err)})
+            continue
+        diag = sampling.diagnostics(method_log_w, selection, pool_groups, target_shares)
+        diag["selection"] = selection.to_dict()
+        diag["target_group_share"] = _target_group_share(pool_groups, selection, target_shares)
+        diag["estimators"] = info if method in ("rsft", "importance") else {}
+        if selection.passes > 1 and method == "rsft":
+            diag.setdefault("warnings", []).append(
+                f"{selection.passes} passes: later passes are not exact draws from the target"
+            )
+        _write_method(out / method, pool, selection, diag, method_log_w, pool_groups)
+        rows.append(_summary_row(method, selection, diag))
+    table = pd.DataFrame(rows)
+    write_json(out / "summary.json", {"budget": cfg.budget, "methods": rows, "estimators": info})
+    text = table.to_string(index=False, float_format=lambda v: f"{v:.3f}")
+    write_text(out / "summary.txt", text + "\n")
+    print(text)
+    return table
+
+
+def _select(method, cfg, log_w, pool_groups, target_shares, scores, rng):
+    n = len(pool_groups)
+    if method == "rsft":
+        return sampling.rejection_sample(log_w, cfg.budget, rng, cfg.cap_quantile), log_w
+    if method == "importance":
+        return sampling.importance_sample(log_w, cfg.budget, rng), log_w
+    if method == "random":
+        return sampling.uniform_sample(n, cfg.budget, rng), np.zeros(n)
+    if method == "full":
+        everything = sampling.uniform_sample(n, n, rng, method="full")
+        return everything, np.zeros(n)
+    if method == "oracle":
+        if target_shares is None:
+            raise UserError("select.methods: 'oracle' needs a target sample with metadata")
+        oracle_w, _ = ratios.groups_log_ratio(pool_groups, target_shares)
+        return sampling.rejection_sample(oracle_w, cfg.budget, rng), oracle_w
+    if method == "wer_filter":
+        if scores["wer"].isna().all():
+            raise UserError(
+                "select.methods: 'wer_filter' needs hypotheses (score.hypotheses: true)"
+            )
+        chosen = sampling.wer_filter_sample(
+            scores["wer"].to_numpy(), cfg.wer_threshold, cfg.budget, rng
+        )
+        return chosen, np.zeros(n)
+    raise UserError(f"select.methods: unknown method {method!r}")
+
+
+def _target_group_share(pool_groups, selection, target_shares) -> float | None:
+    """Share of the selected rows whose metadata group occurs in the target sample."""
+    if not target_shares:
+        return None
+    wanted = set(target_shares)
+    picked = [pool_groups[i] for i in selection.indices]
+    return sum(g in wanted for g in picked) / max(1, len(picked))
+
+
+def _summary_row(method: str, selection, diag: dict) -> dict:
+    return {
+        "method": method,
+        "selected": selection.size,
+        "unique": selection.n_unique,
+        "passes": selection.passes,
+        "acceptance": selection.acceptance_rate,
+        "exhausted": selection.exhausted,
+        "clipped_mass": selection.clipped_mass,
+        "tv_to_target": diag.get("tv_accepted_target"),
+        "target_group_share": diag["target_group_share"],
+    }
+
+
+def _write_method(out: Path, pool, selection, diag, log_w, pool_groups) -> None:
+    counts = np.bincount(selection.indices, minlength=len(pool))
+    picked = np.flatnonzero(counts)
+    subset = pool.iloc[picked].assign(count=counts[picked]).reset_index(drop=True)
+    root = out.parent.parent
+    path = out / "subset.parquet"
+    manifest.write(subset, path, root=root)
+    write_json(out / "diagnostics.json", diag)
+    plots.selection_plots(out, diag, log_w, pool_groups)
+
+
+def _write_frame(path: Path, frame: pd.DataFrame) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)

@@ -1,0 +1,122 @@
+"""The score stage: shards, resume, unlabelled target, bad audio, and two processes."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import prepare, score
+from pipeline.config import load_recipe
+
+
+@pytest.fixture
+def scored_recipe(write_recipe, tiny_whisper_dir):
+    data = {
+        "model": {"name": str(tiny_whisper_dir)},
+        "score": {"shard_size": 8, "batch_size": 4},
+        "prepare": {
+            "workers": 1,
+            "sets": [
+                {
+                    "name": "pool",
+                    "split": "pool",
+                    "source": {
+                        "kind": "synth",
+                        "parts": [{"count": 20, "voices": ["us", "caribbean"]}],
+                    },
+                },
+                {
+                    "name": "target",
+                    "split": "target",
+                    "source": {
+                        "kind": "synth",
+                        "text_split": "heldout",
+                        "speaker_split": "heldout",
+                        "parts": [{"count": 6, "voices": ["caribbean"]}],
+                    },
+                },
+            ],
+        },
+    }
+    path = write_recipe(data)
+    recipe = load_recipe(path)
+    prepare.run(recipe)
+    return path, recipe
+
+
+def read(recipe, name):
+    out = recipe.root / "score" / name
+    return np.load(out / "embeddings.npy"), pd.read_parquet(out / "scores.parquet")
+
+
+def test_score_writes_aligned_embeddings_losses_and_hypotheses(scored_recipe):
+    _, recipe = scored_recipe
+    score.run(recipe)
+    emb, table = read(recipe, "pool")
+    pool = pd.read_parquet(recipe.root / "prepare" / "manifests" / "pool.parquet")
+    assert table["id"].tolist() == pool["id"].tolist()
+    assert emb.shape == (20, 32) and emb.dtype == np.float16 and np.isfinite(emb).all()
+    assert np.isfinite(table["loss"]).all() and (table["loss"] > 0).all()
+    assert table["hypothesis"].map(type).eq(str).all() and table["wer"].notna().all()
+    emb_t, target = read(recipe, "target")
+    assert emb_t.shape == (6, 32) and target["loss"].isna().all()  # unlabelled: no loss
+
+
+def test_killed_score_redoes_only_missing_shards(scored_recipe):
+    _, recipe = scored_recipe
+    score.run(recipe)
+    out = recipe.root / "score" / "pool"
+    shards = sorted((out / "shards").glob("*.npz"))
+    assert len(shards) == 3
+    before = {p.name: p.stat().st_mtime_ns for p in shards}
+    emb_before, _ = read(recipe, "pool")
+    shards[1].unlink()
+    (out / "done.json").unlink()
+    score.run(recipe)
+    after = {p.name: p.stat().st_mtime_ns for p in sorted((out / "shards").glob("*.npz"))}
+    assert after[shards[0].name] == before[shards[0].name]
+    assert after[shards[1].name] != before[shards[1].name]
+    np.testing.assert_array_equal(read(recipe, "pool")[0], emb_before)
+
+
+def test_unreadable_audio_is_counted_not_fatal(scored_recipe):
+    _, recipe = scored_recipe
+    pool = pd.read_parquet(recipe.root / "prepare" / "manifests" / "pool.parquet")
+    (recipe.root / "prepare" / "manifests" / pool["audio_path"].iloc[3]).write_bytes(b"junk")
+    score.run(recipe)
+    emb, table = read(recipe, "pool")
+    assert table["unreadable"].tolist() == [i == 3 for i in range(20)]
+    assert np.isnan(emb[3].astype(np.float32)).all() and np.isfinite(emb[4]).all()
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_single_process_result(scored_recipe, tmp_path):
+    path, recipe = scored_recipe
+    score.run(recipe)
+    single, single_table = read(recipe, "pool")
+    other = tmp_path / "two"
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--cpu",
+        "--num_processes",
+        "2",
+        "-m",
+        "pipeline",
+        "score",
+        str(path),
+        "-q",
+        "--set",
+        f"data_dir={other}",
+    ]
+    other.mkdir()  # the same prepared manifests and audio (paths inside are relative)
+    subprocess.run(["cp", "-r", str(recipe.root / "prepare"), str(other)], check=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    two = np.load(other / "score" / "pool" / "embeddings.npy")
+    np.testing.assert_allclose(two.astype(np.float32), single.astype(np.float32), atol=2e-3)
+    table = pd.read_parquet(other / "score" / "pool" / "scores.parquet")
+    assert table["id"].tolist() == single_table["id"].tolist()

@@ -1,0 +1,94 @@
+"""The select stage on a scored pool whose embeddings carry the accent and noise."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import manifest, select
+from pipeline.config import load_recipe
+from pipeline.errors import UserError
+from pipeline.fsio import write_json
+from tests.factories import dummy_row
+
+ACCENTS = ["us", "gb", "caribbean"]
+NOISES = [("clean", np.nan), ("sauna", 0.0), ("white", 10.0)]
+
+
+def fake_scored_set(root, name, groups, rng, with_wer=True):
+    """Manifest, embeddings and scores as the score stage writes them (no audio needed)."""
+    rows, emb = [], []
+    centres = {(a, n): rng.normal(size=16) for a in ACCENTS for n, _ in NOISES}
+    for i, (accent, (noise, snr)) in enumerate(groups):
+        rows.append(
+            dummy_row(
+                i,
+                f"/audio/{name}{i}.flac",
+                id=f"{name}-{i:05d}",
+                accent=accent,
+                noise=noise,
+                snr_db=snr,
+                split=name,
+            )
+        )
+        emb.append(centres[(accent, noise)] * 0.8 + rng.normal(size=16))
+    frame = manifest.to_frame(rows)
+    manifest.write(frame, root / "prepare" / "manifests" / f"{name}.parquet", root=root)
+    out = root / "score" / name
+    out.mkdir(parents=True)
+    np.save(out / "embeddings.npy", np.asarray(emb, dtype=np.float16))
+    wer = rng.uniform(0, 1, len(frame)) if with_wer else np.full(len(frame), np.nan)
+    pd.DataFrame(
+        {"id": frame["id"], "loss": rng.uniform(0.5, 3, len(frame)), "wer": wer}
+    ).to_parquet(out / "scores.parquet")
+    write_json(out / "done.json", {"key": "test"})
+
+
+@pytest.fixture
+def recipe(write_recipe, tmp_path):
+    pool = [(a, n) for a in ACCENTS for n in NOISES for _ in range(300)]
+    pool = pool[:-260]  # the target condition (caribbean in white noise) is rare: 40 of 2440
+    target = [("caribbean", NOISES[2])] * 60
+    root = tmp_path / "data"
+    # the same seed draws the same group centres first, so both sets share them
+    fake_scored_set(root, "pool", pool, np.random.default_rng(1))
+    fake_scored_set(root, "target", target, np.random.default_rng(1))
+    return load_recipe(write_recipe({"select": {"budget": 60, "folds": 3}}))
+
+
+def test_rsft_finds_the_target_condition_far_more_than_random(recipe):
+    table = select.run(recipe).set_index("method")
+    rsft, random = table.loc["rsft"], table.loc["random"]
+    assert rsft["selected"] == random["selected"] == 60
+    pool_share = 40 / 2440  # what random selection holds in expectation
+    assert random["target_group_share"] < 3 * pool_share
+    assert rsft["target_group_share"] >= 10 * pool_share
+    assert table.loc["oracle", "target_group_share"] == 1.0
+    assert table.loc["full", "selected"] == 2440
+    assert table.loc["importance", "selected"] == 60
+    out = recipe.root / "select"
+    subset = manifest.read(out / "rsft" / "subset.parquet")
+    assert subset["count"].sum() == 60
+    diag = json.loads((out / "rsft" / "diagnostics.json").read_text())
+    assert {"acceptance_rate", "ess", "tv_accepted_target", "clipped_mass", "groups"} <= set(diag)
+    assert 0.5 < diag["estimators"]["classifier"]["auc"] <= 1.0
+    assert (out / "rsft" / "shares.png").stat().st_size > 1000
+
+
+def test_same_seed_same_subset_and_skipped_baselines(recipe, tmp_path):
+    select.run(recipe)
+    first = manifest.read(recipe.root / "select" / "rsft" / "subset.parquet")["id"].tolist()
+    select.run(recipe)
+    again = manifest.read(recipe.root / "select" / "rsft" / "subset.parquet")["id"].tolist()
+    assert first == again
+    scores = recipe.root / "score" / "pool" / "scores.parquet"
+    table = pd.read_parquet(scores).assign(wer=np.nan)
+    table.to_parquet(scores)
+    summary = select.run(recipe).set_index("method")
+    assert "score.hypotheses" in summary.loc["wer_filter", "skipped"]
+
+
+def test_select_needs_scores(write_recipe):
+    with pytest.raises(UserError, match="not scored yet"):
+        select.run(load_recipe(write_recipe({})))
