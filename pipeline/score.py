@@ -78,7 +78,8 @@ def run(recipe: Recipe) -> None:
             state,
         )
         if state.is_main_process:
-            gather(out, key, manifest.read(path) if labelled else None)
+            decoded = labelled and decoder is not None
+            gather(out, key, manifest.read(path) if decoded else None)
         state.wait_for_everyone()
 
 
@@ -153,7 +154,7 @@ def score_shard(
 def gather(out: Path, key: str, frame: pd.DataFrame | None) -> None:
     """Concatenate the shards into embeddings.npy and scores.parquet (main process).
 
-    ``frame`` (the manifest of a labelled set) gives each hypothesis its WER.
+    ``frame`` (the manifest of a labelled, decoded set) gives each hypothesis its WER.
     """
     shards = sorted((out / "shards").glob("*.npz"))
     parts = [np.load(p) for p in shards]

@@ -119,8 +119,10 @@ def run(recipe: Recipe) -> pd.DataFrame:
         _write_method(out / method, pool, selection, diag, method_log_w, pool_groups)
         rows.append(_summary_row(method, selection, diag))
     table = pd.DataFrame(rows)
+    for column in ("selected", "unique", "passes"):
+        table[column] = table[column].astype("Int64")
     write_json(out / "summary.json", {"budget": cfg.budget, "methods": rows, "estimators": info})
-    text = table.to_string(index=False, float_format=lambda v: f"{v:.3f}")
+    text = table.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-")
     write_text(out / "summary.txt", text + "\n")
     print(text)
     return table
