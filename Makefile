@@ -11,7 +11,8 @@ help:
 	@echo "make demo       set up, then run the pipeline on recipes/demo.yaml"
 	@echo "make test       set up, then run the tests"
 	@echo "make prepare RECIPE=recipes/demo.yaml [ARGS='--set prepare.workers=1']"
-	@echo "make evaluate RECIPE=recipes/demo.yaml [ARGS='--model data/demo/finetune/rsft']"
+	@echo "make score RECIPE=recipes/demo.yaml; make select RECIPE=recipes/demo.yaml"
+	@echo "make evaluate RECIPE=recipes/demo.yaml [ARGS='--model PATH --name NAME']"
 	@echo "make lint       ruff"
 
 setup: debian venv
@@ -32,8 +33,10 @@ $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 
 demo: setup
 	$(PY) -m pipeline prepare recipes/demo.yaml
+	$(PY) -m pipeline score recipes/demo.yaml
+	$(PY) -m pipeline select recipes/demo.yaml
 	$(PY) -m pipeline evaluate recipes/demo.yaml
-	@echo "demo: ran the stages that exist so far (prepare, evaluate of the pretrained model); score, select, finetune and report come next"
+	@echo "demo: ran the stages built so far (prepare, score, select, evaluate of the pretrained model); finetune and report come next"
 
 test: setup
 	$(PY) -m pytest -q
