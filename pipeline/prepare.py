@@ -27,8 +27,15 @@ from tqdm import tqdm
 from pipeline import __version__, manifest
 from pipeline.config import Recipe, SetConfig
 from pipeline.corpora import asterisk, hf, local, noise, openslr, synth
-from pipeline.corpora.base import Candidate, Limits, Reject, SourceContext, ingest
-from pipeline.fsio import fingerprint, read_json, stable_seed, write_json, write_text
+from pipeline.corpora.base import (
+    Candidate,
+    Limits,
+    Reject,
+    SourceContext,
+    audio_file_name,
+    ingest,
+)
+from pipeline.fsio import fingerprint, read_json, write_json, write_text
 from pipeline.typed import to_dict
 
 log = logging.getLogger(__name__)
@@ -103,10 +110,7 @@ def prepare_set(recipe: Recipe, set_cfg: SetConfig) -> tuple[pd.DataFrame, dict[
     limits = Limits(prep.sample_rate, prep.min_duration_s, prep.max_duration_s)
 
     cands, rejects = _unique(items if items is not None else source(set_cfg.source, ctx))
-    jobs = [
-        (c, audio_dir / "clean" / f"{_safe(c.id)}.{stable_seed(c.spec) % 16**8:08x}.flac")
-        for c in cands
-    ]
+    jobs = [(c, audio_dir / "clean" / audio_file_name(c.id, c.spec)) for c in cands]
     clean, converted = [], Counter()
     for result in _map(
         _ingest_job, [(c, p, limits) for c, p in jobs], prep.workers, f"{set_cfg.name}: audio"
@@ -231,10 +235,6 @@ def _remove_stale(audio_dir: Path, keep: set[str]) -> None:
     for path in audio_dir.rglob("*"):
         if path.is_file() and str(path.resolve()) not in keep:
             path.unlink()
-
-
-def _safe(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
 
 
 def write_summary(recipe: Recipe, table: pd.DataFrame, rejects: dict[str, dict[str, int]]) -> None:

@@ -16,7 +16,7 @@ import soundfile as sf
 
 from pipeline.config import HFSource
 from pipeline.corpora import hf
-from pipeline.corpora.base import Candidate, Reject, SourceContext
+from pipeline.corpora.base import Candidate, Reject, SourceContext, take
 from pipeline.errors import UserError
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
@@ -119,8 +119,8 @@ def test_limit_reads_nothing_after_the_last_candidate():
         yield Candidate("b", "text", "s", "x", "hf", "spec", load=print)
         raise AssertionError("read past the limit")
 
-    assert [e.id for e in hf._take(entries(), 1)] == ["a", "b"]
-    assert list(hf._take(entries(), 0)) == []
+    assert [e.id for e in take(entries(), 1)] == ["a", "b"]
+    assert list(take(entries(), 0)) == []
 
 
 def test_save_to_disk_splits_decoded_audio_arrays_and_paths(rows, tmp_path, ctx):

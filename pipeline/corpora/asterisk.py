@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pipeline import audio
 from pipeline.config import AsteriskSource
-from pipeline.corpora.base import Candidate, Reject, SourceContext
+from pipeline.corpora.base import Candidate, Reject, SourceContext, take
 from pipeline.errors import UserError
 
 SPEAKER = "asterisk-allison"
@@ -51,6 +51,10 @@ def part_of(key: str, guard_fraction: float) -> str:
 
 
 def candidates(cfg: AsteriskSource, ctx: SourceContext) -> Iterator[Candidate | Reject]:
+    yield from take(_entries(cfg), cfg.limit)
+
+
+def _entries(cfg: AsteriskSource) -> Iterator[Candidate | Reject]:
     sounds = Path(cfg.sounds_dir)
     transcripts = Path(cfg.transcripts)
     for path, package in (
@@ -59,7 +63,6 @@ def candidates(cfg: AsteriskSource, ctx: SourceContext) -> Iterator[Candidate | 
     ):
         if not path.exists():
             raise UserError(f"asterisk: {path} not found (apt-get install {package})")
-    emitted = 0
     for key, raw in sorted(read_transcripts(transcripts).items()):
         if cfg.part != "all" and part_of(key, cfg.guard_fraction) != cfg.part:
             continue
@@ -83,6 +86,3 @@ def candidates(cfg: AsteriskSource, ctx: SourceContext) -> Iterator[Candidate | 
             load=functools.partial(audio.read, str(wav)),
             path=str(wav),
         )
-        emitted += 1
-        if cfg.limit is not None and emitted >= cfg.limit:
-            return

@@ -8,7 +8,7 @@ when it already is 16 kHz mono FLAC/WAV.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +16,7 @@ import numpy as np
 import soundfile as sf
 
 from pipeline import audio
+from pipeline.fsio import stable_seed
 from pipeline.manifest import CLEAN
 
 
@@ -56,6 +57,24 @@ class Limits:
     sample_rate: int = audio.SAMPLE_RATE
     min_duration_s: float = 0.3
     max_duration_s: float = 30.0
+
+
+def take(items: Iterable[Candidate | Reject], limit: int | None) -> Iterator[Candidate | Reject]:
+    """Pass items through until ``limit`` Candidates have gone by; read nothing after."""
+    if limit is not None and limit <= 0:
+        return
+    kept = 0
+    for item in items:
+        yield item
+        kept += isinstance(item, Candidate)
+        if limit is not None and kept >= limit:
+            return
+
+
+def audio_file_name(uid: str, spec: object) -> str:
+    """``<id>.<hash of how the audio is made>.flac``: a file that exists is the right one."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in uid)
+    return f"{safe}.{stable_seed(spec) % 16**8:08x}.flac"
 
 
 def check_text(text: str | None) -> str | None:

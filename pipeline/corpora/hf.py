@@ -22,7 +22,7 @@ import soundfile as sf
 
 from pipeline import audio
 from pipeline.config import HFSource
-from pipeline.corpora.base import Candidate, Reject, SourceContext, check_text
+from pipeline.corpora.base import Candidate, Reject, SourceContext, check_text, take
 from pipeline.errors import UserError
 
 SOURCE = "hf"
@@ -52,7 +52,7 @@ def candidates(cfg: HFSource, ctx: SourceContext) -> Iterator[Entry]:
                 )
     ds = _undecoded(ds, cfg.audio_column)
     examples = ds.select_columns(list(dict.fromkeys(wanted)))
-    yield from _take(_entries(examples, cfg, base), cfg.limit)
+    yield from take(_entries(examples, cfg, base), cfg.limit)
 
 
 def _entries(examples: Iterable[dict], cfg: HFSource, base: Path | None) -> Iterator[Entry]:
@@ -65,18 +65,6 @@ def _entries(examples: Iterable[dict], cfg: HFSource, base: Path | None) -> Iter
             continue
         seen.add(utt)
         yield _entry(utt, example, cfg, base)
-
-
-def _take(entries: Iterable[Entry], limit: int | None) -> Iterator[Entry]:
-    """Pass entries through until ``limit`` Candidates have gone by; read nothing after."""
-    if limit is not None and limit <= 0:
-        return
-    kept = 0
-    for entry in entries:
-        yield entry
-        kept += isinstance(entry, Candidate)
-        if limit is not None and kept >= limit:
-            return
 
 
 def load(cfg: HFSource, ctx: SourceContext) -> tuple[Any, Path | None]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -18,7 +18,7 @@ import pandas as pd
 
 from pipeline import audio
 from pipeline.config import LocalSource
-from pipeline.corpora.base import Candidate, Reject, SourceContext, check_text
+from pipeline.corpora.base import Candidate, Reject, SourceContext, check_text, take
 from pipeline.errors import UserError
 
 SOURCE = "local"
@@ -42,19 +42,7 @@ def candidates(cfg: LocalSource, ctx: SourceContext) -> Iterator[Entry]:
     del ctx  # local files need no work folder
     root = Path(cfg.path).expanduser()
     entries = _kaldi(root, cfg.accent) if cfg.format == "kaldi" else _table(root, cfg)
-    yield from _take(entries, cfg.limit)
-
-
-def _take(entries: Iterable[Entry], limit: int | None) -> Iterator[Entry]:
-    """Pass entries through until ``limit`` Candidates have gone by; read nothing after."""
-    if limit is not None and limit <= 0:
-        return
-    kept = 0
-    for entry in entries:
-        yield entry
-        kept += isinstance(entry, Candidate)
-        if limit is not None and kept >= limit:
-            return
+    yield from take(entries, cfg.limit)
 
 
 # ---------------------------------------------------------------- transcript tables

@@ -15,6 +15,7 @@ import numpy as np
 
 from pipeline import audio
 from pipeline.config import NoiseConfig, PrepareConfig
+from pipeline.corpora.base import audio_file_name
 from pipeline.errors import UserError
 from pipeline.fsio import stable_seed
 
@@ -91,7 +92,7 @@ def plan(
         # same name under any data root
         names = [Path(p).name for p in (row["audio_path"], *recording, *babble)]
         spec = (names, noise, snr, job_seed, prep.noise_regions[cfg.region])
-        name = f"{_safe(uid)}.{stable_seed(spec) % 16**8:08x}.flac"
+        name = audio_file_name(uid, spec)
         jobs.append(
             NoisyJob(
                 uid,
@@ -181,7 +182,3 @@ def _loop(wave: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray
 @functools.lru_cache(maxsize=16)
 def _recording(files: tuple[str, ...], sample_rate: int) -> np.ndarray:
     return np.concatenate([audio.read(f, sample_rate)[0] for f in files])
-
-
-def _safe(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from pipeline import audio
 from pipeline.config import OpenSLRSource
-from pipeline.corpora.base import Candidate, Reject, SourceContext
+from pipeline.corpora.base import Candidate, Reject, SourceContext, take
 from pipeline.errors import UserError
 from pipeline.fsio import file_sha256, write_text
 
@@ -67,7 +67,7 @@ def candidates(cfg: OpenSLRSource, ctx: SourceContext) -> Iterator[Candidate | R
     parse = _librispeech if cfg.format == "librispeech" else _musan
     entries = parse(dest, cfg)
     entries.sort(key=lambda entry: entry.id)
-    yield from entries[: cfg.limit] if cfg.limit is not None else entries
+    yield from take(entries, cfg.limit)
 
 
 # --- download ---------------------------------------------------------------------------------
