@@ -5,13 +5,14 @@ PY := $(VENV)/bin/python
 RECIPE ?= recipes/demo.yaml
 ARGS ?=
 
-.PHONY: help setup debian venv demo test lint format prepare score select evaluate clean
+.PHONY: help setup debian venv demo test lint format prepare score select finetune evaluate clean
 
 help:
 	@echo "make demo       set up, then run the pipeline on recipes/demo.yaml"
 	@echo "make test       set up, then run the tests"
 	@echo "make prepare RECIPE=recipes/demo.yaml [ARGS='--set prepare.workers=1']"
 	@echo "make score RECIPE=recipes/demo.yaml; make select RECIPE=recipes/demo.yaml"
+	@echo "make finetune RECIPE=recipes/demo.yaml [ARGS='--subset random --resume']"
 	@echo "make evaluate RECIPE=recipes/demo.yaml [ARGS='--model PATH --name NAME']"
 	@echo "make lint       ruff"
 
@@ -57,6 +58,9 @@ score: setup
 
 select: setup
 	$(PY) -m pipeline select $(RECIPE) $(ARGS)
+
+finetune: setup
+	$(PY) -m pipeline finetune $(RECIPE) $(ARGS)
 
 evaluate: setup
 	$(PY) -m pipeline evaluate $(RECIPE) $(ARGS)

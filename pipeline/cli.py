@@ -30,6 +30,12 @@ def _select(args: argparse.Namespace) -> None:
     select.run(load_recipe(args.recipe, args.set))
 
 
+def _finetune(args: argparse.Namespace) -> None:
+    from pipeline import finetune
+
+    finetune.run(load_recipe(args.recipe, args.set), args.subset, args.resume)
+
+
 def _evaluate(args: argparse.Namespace) -> None:
     from pipeline import evaluate
 
@@ -52,6 +58,7 @@ STAGES = {
         "embeddings, losses and hypotheses of the pretrained model on pool and target",
     ),
     "select": (_select, "density-ratio rejection sampling and baseline subsets at one budget"),
+    "finetune": (_finetune, "fine-tune the model on a selected subset (Accelerate; resumable)"),
     "evaluate": (_evaluate, "WER/CER per test set and group, with bootstrap intervals"),
 }
 
@@ -74,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
         )
         stage.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
         stage.set_defaults(func=func)
+        if name == "finetune":
+            stage.add_argument("--subset", help="select method to train on (default: the recipe's)")
+            stage.add_argument(
+                "--resume", action="store_true", help="continue from the last checkpoint"
+            )
         if name == "evaluate":
             stage.add_argument("--model", help="model to evaluate (default: the recipe's model)")
             stage.add_argument("--name", help="run name (default: 'pretrained' or the folder name)")

@@ -192,6 +192,36 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class FinetuneConfig:
+    """Stage 4: fine-tune the recipe's model on one selected subset with Accelerate."""
+
+    subset: str = "rsft"  # select method whose data/<recipe>/select/<subset>/subset.parquet trains
+    steps: int = 150  # optimizer steps (each of grad_accum batches)
+    batch_size: int = 8  # utterances per batch per process (packed: before packing)
+    grad_accum: int = 1  # batches per optimizer step
+    lr: float = 1e-5  # peak learning rate (AdamW)
+    warmup_steps: int = 10  # linear warmup, then linear decay to 0 at `steps`
+    weight_decay: float = 0.0
+    # 'full'; 'encoder_frozen' (Whisper: decoder and embeddings train; CTC: only the head);
+    # 'decoder_only' (Whisper: decoder blocks only, embeddings and output projection frozen);
+    # 'feature_encoder_frozen' (the convolutional front end frozen: wav2vec2's feature
+    # encoder, Whisper's two conv layers)
+    train: Literal["full", "encoder_frozen", "decoder_only", "feature_encoder_frozen"] = "full"
+    # Whisper input layout for training: 'packed' puts several utterances (transcripts
+    # concatenated) in each 30 s window, so the model sees what it was trained on at a fraction
+    # of the cost of 'standard' (one utterance per 30 s); 'short' cuts the context to
+    # model.context_s. CTC models ignore it.
+    layout: Literal["standard", "short", "packed"] = "packed"
+    mixed_precision: Literal["no", "bf16"] = "no"  # bf16 autocast (CPU and recent GPUs)
+    cpu: bool = False  # train on the CPU even when a GPU is present
+    save_every: int = 50  # steps between checkpoints (accelerator.save_state)
+    eval_every: int = 0  # steps between dev evaluations (0: none; not implemented yet)
+    seed: int | None = None  # data order, initialisation of anything random; default: recipe seed
+    max_bad_steps: int = 5  # stop after this many NaN/inf losses in a row
+    replay_fraction: float = 0.0  # share of each batch drawn from the pool (not implemented yet)
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     seed: int = 0
@@ -201,6 +231,7 @@ class Recipe:
     model: ModelConfig = field(default_factory=ModelConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     @property
@@ -294,6 +325,12 @@ def _check(recipe: Recipe) -> None:
             raise RecipeError(f"prepare.sets: set name {name!r} must be letters, digits, _ or -")
     if recipe.model.context_s <= 0 or recipe.model.context_s > 30:
         raise RecipeError("model.context_s: must be in (0, 30] seconds")
+    ft = recipe.finetune
+    for key in ("steps", "batch_size", "grad_accum", "save_every", "max_bad_steps"):
+        if getattr(ft, key) < 1:
+            raise RecipeError(f"finetune.{key}: must be at least 1")
+    if ft.replay_fraction != 0.0:
+        raise RecipeError("finetune.replay_fraction: replay is not implemented yet; use 0")
     for region, (lo, hi) in prep.noise_regions.items():
         if not 0.0 <= lo < hi <= 1.0:
             raise RecipeError(f"prepare.noise_regions.{region}: need 0 <= start < end <= 1")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from accelerate import PartialState
 from tqdm import tqdm
 
@@ -37,7 +38,8 @@ UNLABELLED_SPLITS = ("target",)  # the target sample is audio only: its transcri
 def run(recipe: Recipe) -> None:
     """Score every pool and target set of the recipe (or ``score.sets``)."""
     cfg = recipe.score
-    state = PartialState()
+    # CPU-only machines run several processes on gloo (accelerate launch --multi_gpu)
+    state = PartialState(cpu=not torch.cuda.is_available())
     sets = list(cfg.sets) or [s.name for s in recipe.prepare.sets if s.split in ("pool", "target")]
     split_of = {s.name: s.split for s in recipe.prepare.sets}
     paths = {name: recipe.root / "prepare" / "manifests" / f"{name}.parquet" for name in sets}

@@ -97,25 +97,22 @@ def test_two_processes_give_the_single_process_result(scored_recipe, tmp_path):
     score.run(recipe)
     single, single_table = read(recipe, "pool")
     other = tmp_path / "two"
-    cmd = [
+    # `launch --cpu --num_processes 2` starts one process in accelerate 1.15; --multi_gpu starts
+    # two through torchrun, and score puts them on gloo when there is no GPU
+    launch = [
         sys.executable,
         "-m",
         "accelerate.commands.launch",
-        "--cpu",
+        "--multi_gpu",
         "--num_processes",
         "2",
-        "-m",
-        "pipeline",
-        "score",
-        str(path),
-        "-q",
-        "--set",
-        f"data_dir={other}",
     ]
+    cmd = [*launch, "-m", "pipeline", "score", str(path), "--set", f"data_dir={other}"]
     other.mkdir()  # the same prepared manifests and audio (paths inside are relative)
     subprocess.run(["cp", "-r", str(recipe.root / "prepare"), str(other)], check=True)
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert "on 2 process(es)" in done.stderr
     two = np.load(other / "score" / "pool" / "embeddings.npy")
     np.testing.assert_allclose(two.astype(np.float32), single.astype(np.float32), atol=2e-3)
     table = pd.read_parquet(other / "score" / "pool" / "scores.parquet")
