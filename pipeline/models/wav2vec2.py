@@ -12,7 +12,7 @@ from pipeline.models.base import SAMPLE_RATE, SpeechModel
 
 class CTC(SpeechModel):
     def __init__(self, model, processor, name: str):
-        self.model = model.eval()
+        self.model = model.train(False)  # inference mode: no dropout
         self.processor = processor
         self.name = name
         # the fine-tuning defaults: the library's are 'sum' and no zeroing of impossible paths

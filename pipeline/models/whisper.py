@@ -50,7 +50,7 @@ class Whisper(SpeechModel):
     ):
         if layout not in LAYOUTS:
             raise ValueError(f"unknown layout {layout!r}")
-        self.model = model.eval()
+        self.model = model.train(False)  # inference mode: no dropout
         self.processor = processor
         self.name = name
         self.layout = layout
