@@ -215,7 +215,13 @@ class FinetuneConfig:
     mixed_precision: Literal["no", "bf16"] = "no"  # bf16 autocast (CPU and recent GPUs)
     cpu: bool = False  # train on the CPU even when a GPU is present
     save_every: int = 50  # steps between checkpoints (accelerator.save_state)
-    eval_every: int = 0  # steps between dev evaluations (0: none; not implemented yet)
+    # dev-set validation: every eval_every optimizer steps (and at the last) the main process
+    # decodes eval_sets in the standard 30 s layout; the saved model is the one with the lowest
+    # WER on the FIRST set (0: no validation, the last step's model is saved)
+    eval_every: int = 0
+    eval_sets: tuple[str, ...] = ("dev_target",)  # prepared sets (prepare/manifests/<name>)
+    eval_limit: int | None = 100  # utterances per dev set, the first by id (None: all)
+    patience: int = 0  # stop after this many evaluations without a new best (0: never stop)
     seed: int | None = None  # data order, initialisation of anything random; default: recipe seed
     max_bad_steps: int = 5  # stop after this many NaN/inf losses in a row
     replay_fraction: float = 0.0  # share of each batch drawn from the pool (not implemented yet)
@@ -329,6 +335,11 @@ def _check(recipe: Recipe) -> None:
     for key in ("steps", "batch_size", "grad_accum", "save_every", "max_bad_steps"):
         if getattr(ft, key) < 1:
             raise RecipeError(f"finetune.{key}: must be at least 1")
+    for key in ("eval_every", "patience"):
+        if getattr(ft, key) < 0:
+            raise RecipeError(f"finetune.{key}: must be 0 (off) or more")
+    if ft.eval_limit is not None and ft.eval_limit < 1:
+        raise RecipeError("finetune.eval_limit: must be at least 1, or null for every utterance")
     if ft.replay_fraction != 0.0:
         raise RecipeError("finetune.replay_fraction: replay is not implemented yet; use 0")
     for region, (lo, hi) in prep.noise_regions.items():

@@ -2,10 +2,13 @@
 
 Output, under ``<data_dir>/finetune/<subset>/``:
   checkpoints/step-N/  accelerator.save_state every ``save_every`` steps, plus ``progress.json``
-                       (losses so far, settings key); ``--resume`` continues from the last one
-  model/               save_pretrained model and processor (loads with ``from_pretrained``)
-  model_card.md        base model, recipe, subset fingerprint and size, steps, loss curve
-  train_log.json       loss per step, bad steps, processes, settings key
+                       (losses and dev curve so far, settings key) and ``best/`` (the best dev
+                       model so far); ``--resume`` continues from the last one
+  best/                while training with ``eval_every``: the best dev model so far
+  model/               save_pretrained model and processor (loads with ``from_pretrained``):
+                       the last step's, or with ``eval_every`` the best by the first dev set's WER
+  model_card.md        base model, recipe, subset fingerprint and size, steps, loss and dev curve
+  train_log.json       loss per step, bad steps, dev curve, processes, settings key
 
 The loop has the shape of Accelerate's examples (``get_dataloaders``, ``training_function``)
 and runs unchanged under ``accelerate launch`` on several processes. Data order depends only
@@ -25,11 +28,11 @@ import numpy as np
 import pandas as pd
 import torch
 from accelerate import Accelerator, skip_first_batches
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 from torch.utils.data import BatchSampler, DataLoader
 from transformers import get_linear_schedule_with_warmup
 
-from pipeline import __version__, manifest
+from pipeline import __version__, manifest, validation
 from pipeline.batches import Collator, EpochSampler, Utterances
 from pipeline.config import FinetuneConfig, Recipe
 from pipeline.errors import UserError
@@ -120,7 +123,11 @@ def training_function(recipe: Recipe, subset: str, resume: bool, accelerator: Ac
     out = recipe.root / "finetune" / subset
     frame, subset_path = load_subset(recipe, subset)
     model_cfg = replace(recipe.model, layout=cfg.layout)
-    key = fingerprint(to_dict(cfg), to_dict(model_cfg), file_sha256(subset_path), __version__)
+    dev_paths = validation.manifest_paths(recipe.root, cfg.eval_sets) if cfg.eval_every else {}
+    dev_prints = [file_sha256(p) for p in dev_paths.values()]  # none when validation is off
+    key = fingerprint(
+        to_dict(cfg), to_dict(model_cfg), file_sha256(subset_path), __version__, *dev_prints
+    )
     main = accelerator.is_main_process
     done = out / "train_log.json"
     if not resume and done.exists() and (out / "model").is_dir():
@@ -141,6 +148,7 @@ def training_function(recipe: Recipe, subset: str, resume: bool, accelerator: Ac
         )
     with accelerator.main_process_first():  # the bundled model is converted once
         wrapped = loader.load(model_cfg, MODELS_DIR)
+    dev_sets = validation.load_sets(dev_paths, cfg.eval_limit) if main and dev_paths else {}
     set_seed(seed)
     model = wrapped.model.train()
     freeze(model, cfg.train)
@@ -153,8 +161,8 @@ def training_function(recipe: Recipe, subset: str, resume: bool, accelerator: Ac
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     accelerator.register_for_checkpointing(scheduler)
 
-    step, losses = 0, []
-    checkpoints = out / "checkpoints"
+    step, losses, dev = 0, [], validation.fresh_state()
+    checkpoints, best_dir = out / "checkpoints", out / "best"
     found = last_checkpoint(checkpoints) if resume else None
     if found is not None:
         progress = read_json(found / "progress.json")
@@ -162,12 +170,17 @@ def training_function(recipe: Recipe, subset: str, resume: bool, accelerator: Ac
             raise UserError(f"{found}: made with other settings or data; rerun without --resume")
         accelerator.load_state(str(found))
         step, losses = progress["step"], progress["losses"]
+        dev = progress.get("dev", dev)
         if main:
             log.info("resumed from %s", found)
     elif resume and main:
         log.info("no checkpoint in %s: starting from step 0", checkpoints)
     elif main and checkpoints.exists():
         shutil.rmtree(checkpoints)  # a fresh run: stale checkpoints must not be resumed later
+    if main:  # the best model so far is the checkpoint's: a later one may be on disk
+        shutil.rmtree(best_dir, ignore_errors=True)
+        if dev["best"] is not None:
+            shutil.copytree(found / "best", best_dir)
     accelerator.wait_for_everyone()
 
     per_epoch = len(train_loader)
@@ -210,8 +223,20 @@ def training_function(recipe: Recipe, subset: str, resume: bool, accelerator: Ac
         step += 1
         if main and (step % 10 == 0 or step == cfg.steps):
             log.info("step %d/%d loss %s", step, cfg.steps, losses[-1])
+        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+            dev = _validate(accelerator, model, wrapped, dev_sets, dev, step, best_dir, recipe)
+            if cfg.patience and validation.evaluations_since_best(dev) >= cfg.patience:
+                if main:
+                    log.info(
+                        "early stop at step %d: no better dev WER in %d evaluation(s) "
+                        "(best: step %d)",
+                        step,
+                        cfg.patience,
+                        dev["best"]["step"],
+                    )
+                break
         if step % cfg.save_every == 0 and step < cfg.steps:
-            _save_checkpoint(accelerator, checkpoints, step, losses, key)
+            _save_checkpoint(accelerator, checkpoints, step, {"losses": losses, "dev": dev}, key)
 
     accelerator.wait_for_everyone()
     record = {
@@ -219,6 +244,8 @@ def training_function(recipe: Recipe, subset: str, resume: bool, accelerator: Ac
         "steps": step,
         "losses": losses,
         "bad_steps": sum(x is None for x in losses),
+        "dev_curve": dev["curve"],
+        "best": dev["best"],  # {step, wer} on the first eval set; None without validation
         "processes": accelerator.num_processes,
         "base_model": recipe.model.name,
         "subset": subset,
@@ -228,7 +255,8 @@ def training_function(recipe: Recipe, subset: str, resume: bool, accelerator: Ac
         "version": __version__,
     }
     if main:
-        _write_outputs(out, accelerator.unwrap_model(model), wrapped.processor, record)
+        best = best_dir if dev["best"] is not None else None
+        _write_outputs(out, accelerator.unwrap_model(model), wrapped.processor, record, best)
     accelerator.wait_for_everyone()
     return record
 
@@ -250,27 +278,61 @@ def _batches(train_loader, sampler: EpochSampler, start: int, per_epoch: int):
         epoch, skip = epoch + 1, 0
 
 
-def _save_checkpoint(accelerator, checkpoints: Path, step: int, losses: list, key: str) -> None:
+def _validate(accelerator, model, wrapped, dev_sets, dev, step, best_dir, recipe) -> dict:
+    """Dev WER on the main process (the others wait); a new best is saved to ``best_dir``.
+
+    Returns the updated dev state, the same on every process, so all agree on stopping.
+    """
+    if accelerator.is_main_process:
+        module = accelerator.unwrap_model(model)
+        view = validation.reader(wrapped, module)
+        wers = {
+            name: validation.dev_wer(view, waves, texts, recipe.model.batch_size)
+            for name, (waves, texts) in dev_sets.items()
+        }
+        module.train()
+        improved = validation.record(dev, step, wers)
+        if improved:
+            _save_model(best_dir, module, wrapped.processor)
+        shown = ", ".join(f"{name} {wer:.4f}" for name, wer in wers.items())
+        log.info("step %d dev WER %s%s", step, shown, " (best so far)" if improved else "")
+    accelerator.wait_for_everyone()
+    return broadcast_object_list([dev])[0]
+
+
+def _save_checkpoint(accelerator, checkpoints: Path, step: int, progress: dict, key: str) -> None:
+    """Accelerate state, the best dev model so far, then ``progress.json`` (losses, dev)."""
     folder = checkpoints / f"step-{step}"
     accelerator.save_state(str(folder))  # every process takes part; the main one writes
     if accelerator.is_main_process:
+        if progress["dev"]["best"] is not None:
+            shutil.copytree(checkpoints.parent / "best", folder / "best", dirs_exist_ok=True)
         # progress.json last: a checkpoint without it (killed while saving) is not resumed
-        write_json(folder / "progress.json", {"step": step, "losses": losses, "key": key})
+        write_json(folder / "progress.json", {"step": step, **progress, "key": key})
         done = sorted(checkpoints.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
         for old in done[:-KEEP_CHECKPOINTS]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
 
 
-def _write_outputs(out: Path, model, processor, record: dict) -> None:
-    """Model and processor (renamed into place), then the card and the log."""
-    staging, final = out / ".model.tmp", out / "model"
+def _save_model(folder: Path, model, processor) -> None:
+    """save_pretrained model and processor, renamed into place."""
+    staging = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
     processor.save_pretrained(staging)
-    if final.exists():
-        shutil.rmtree(final)
-    staging.rename(final)
+    shutil.rmtree(folder, ignore_errors=True)
+    staging.rename(folder)
+
+
+def _write_outputs(out: Path, model, processor, record: dict, best: Path | None) -> None:
+    """The model (``best``, a saved folder, when given; else ``model``), card and log."""
+    final = out / "model"
+    if best is None:
+        _save_model(final, model, processor)
+    else:
+        shutil.rmtree(final, ignore_errors=True)
+        best.rename(final)
     write_json(out / "train_log.json", record)
     write_text(out / "model_card.md", model_card(record))
     log.info("model saved to %s", final)
@@ -292,8 +354,29 @@ def model_card(record: dict) -> str:
         f"lr {ft['lr']}, train {ft['train']}, layout {ft['layout']}\n"
         f"- loss: first {finite[0] if finite else math.nan:.4f}, "
         f"mean of last 10 {np.mean(tail) if tail else math.nan:.4f}\n\n"
-        "Load with `from_pretrained` on the `model/` folder. Dev WER: run `rsft evaluate "
+        f"{_dev_section(record)}"
+        "Load with `from_pretrained` on the `model/` folder. Test WER: run `rsft evaluate "
         "--model` on it.\n"
+    )
+
+
+def _dev_section(record: dict) -> str:
+    """Which step the saved model is and the dev WER curve it was chosen on."""
+    curve, best = record.get("dev_curve") or [], record.get("best")
+    if not curve or best is None:
+        return ""
+    sets = [k for k in curve[0] if k != "step"]
+    rows = "".join(
+        f"| {row['step']} | " + " | ".join(f"{100 * row[s]:.1f}" for s in sets) + " |\n"
+        for row in curve
+    )
+    return (
+        f"The saved model is step {best['step']} of {record['steps']}: the lowest WER on "
+        f"{sets[0]} (evaluated every {record['recipe']['finetune']['eval_every']} steps, "
+        f"standard 30 s layout, first {record['recipe']['finetune']['eval_limit']} "
+        "utterances by id).\n\n"
+        f"| step | {' | '.join(f'{s} WER %' for s in sets)} |\n"
+        f"|---:|{'---:|' * len(sets)}\n{rows}\n"
     )
 
 

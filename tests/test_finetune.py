@@ -1,5 +1,6 @@
 """The finetune stage on tiny random models: learning, saving, resume, NaN guard, 2 processes."""
 
+import shutil
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import torch
 import transformers
 from safetensors.torch import load_file
 
-from pipeline import audio, cli, finetune, manifest
+from pipeline import audio, cli, finetune, manifest, validation
 from pipeline.config import ModelConfig, load_recipe
 from pipeline.errors import UserError
 from pipeline.models import loader
@@ -146,7 +147,8 @@ def test_missing_subset_is_a_one_line_error(write_recipe, capsys):
 
 @pytest.mark.slow
 def test_two_processes_train_and_only_the_main_one_writes(ft_recipe):
-    path, recipe = ft_recipe(steps=3, batch_size=2, save_every=2)
+    path, recipe = ft_recipe(steps=3, batch_size=2, save_every=2, eval_every=2, patience=1)
+    write_dev(recipe.root)  # validation on the main process only: the other must not hang
     # accelerate 1.15's `launch --cpu --num_processes 2` starts ONE process (multi-CPU needs
     # mpirun); `--multi_gpu` starts two through torchrun, and finetune.cpu puts them on gloo
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes"]
@@ -157,6 +159,8 @@ def test_two_processes_train_and_only_the_main_one_writes(ft_recipe):
     out = recipe.root / "finetune" / "rsft"
     log = pd.read_json(out / "train_log.json", typ="series")
     assert log["processes"] == 2 and log["steps"] == 3
+    assert [row["step"] for row in log["dev_curve"]] == [2, 3]
+    assert (out / "checkpoints" / "step-2" / "best" / "model.safetensors").exists()
     assert sorted(p.name for p in out.iterdir()) == [
         "checkpoints",
         "model",
@@ -165,3 +169,98 @@ def test_two_processes_train_and_only_the_main_one_writes(ft_recipe):
     ]
     assert (out / "checkpoints" / "step-2" / "random_states_1.pkl").exists()
     transformers.WhisperForConditionalGeneration.from_pretrained(out / "model")
+
+
+def write_dev(root, name="dev_target"):
+    """A prepared dev set over the subset's espeak-ng audio (write_subset first)."""
+    rows = [
+        dummy_row(i, str(root / "audio" / f"u{i}.flac"), text=text, split="dev")
+        for i, text in enumerate(TEXTS)
+    ]
+    manifest.write(manifest.to_frame(rows), root / "prepare" / "manifests" / f"{name}.parquet")
+
+
+def scripted_wers(monkeypatch, wers):
+    """dev_wer returns ``wers`` in turn and keeps a copy of the weights it was asked about."""
+    seen = []
+
+    def fake(model, waves, texts, batch_size):
+        assert not model.model.training and model.layout == "standard"
+        seen.append({k: v.detach().clone() for k, v in model.model.state_dict().items()})
+        return wers[len(seen) - 1]
+
+    monkeypatch.setattr(validation, "dev_wer", fake)
+    return seen
+
+
+def test_dev_curve_is_logged_on_the_real_dev_set(ft_recipe, caplog):
+    _, recipe = ft_recipe(steps=5, eval_every=2, eval_limit=2)
+    write_dev(recipe.root)
+    caplog.set_level("INFO", logger="pipeline.finetune")
+    record = finetune.run(recipe)
+    assert [row["step"] for row in record["dev_curve"]] == [2, 4, 5]  # and the last step
+    assert all(set(row) == {"step", "dev_target"} for row in record["dev_curve"])
+    assert "step 2 dev WER dev_target" in caplog.text
+    card = (recipe.root / "finetune" / "rsft" / "model_card.md").read_text()
+    assert f"The saved model is step {record['best']['step']} of 5" in card
+    assert not (recipe.root / "finetune" / "rsft" / "best").exists()  # renamed to model/
+
+
+def test_the_saved_model_is_the_best_dev_step(ft_recipe, monkeypatch):
+    _, recipe = ft_recipe(steps=6, eval_every=2)
+    write_dev(recipe.root)
+    seen = scripted_wers(monkeypatch, [0.5, 0.2, 0.4])
+    record = finetune.run(recipe)
+    assert record["steps"] == 6 and record["best"] == {"step": 4, "wer": 0.2}
+    assert [row["dev_target"] for row in record["dev_curve"]] == [0.5, 0.2, 0.4]
+    saved = weights(recipe)
+    assert not torch.equal(
+        seen[1]["model.encoder.conv1.weight"], seen[2]["model.encoder.conv1.weight"]
+    )
+    for name, tensor in saved.items():
+        torch.testing.assert_close(tensor, seen[1][name], atol=0, rtol=0)
+
+
+def test_patience_stops_early_and_keeps_the_best(ft_recipe, monkeypatch, caplog):
+    _, recipe = ft_recipe(steps=10, eval_every=2, patience=1)
+    write_dev(recipe.root)
+    seen = scripted_wers(monkeypatch, [0.3, 0.4, 0.1])
+    caplog.set_level("INFO", logger="pipeline.finetune")
+    record = finetune.run(recipe)
+    assert record["steps"] == 4 and len(record["losses"]) == 4 and len(seen) == 2
+    assert "early stop at step 4" in caplog.text
+    for name, tensor in weights(recipe).items():
+        torch.testing.assert_close(tensor, seen[0][name], atol=0, rtol=0)
+
+
+def test_dev_curve_and_best_survive_resume(ft_recipe, monkeypatch):
+    _, recipe = ft_recipe(steps=6, save_every=2, eval_every=2)
+    write_dev(recipe.root)
+    seen = scripted_wers(monkeypatch, [0.3, 0.4, 0.5])
+    saved = finetune._save_checkpoint
+
+    def save_then_die(accelerator, checkpoints, step, progress, key):
+        saved(accelerator, checkpoints, step, progress, key)
+        if step == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetune, "_save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        finetune.run(recipe)
+    monkeypatch.setattr(finetune, "_save_checkpoint", saved)
+    best = recipe.root / "finetune" / "rsft" / "best"
+    shutil.rmtree(best)
+    best.mkdir()
+    (best / "stale").touch()  # as if a later best had been written before the kill
+    record = finetune.run(recipe, resume=True)
+    assert not (recipe.root / "finetune" / "rsft" / "model" / "stale").exists()
+    assert [row["step"] for row in record["dev_curve"]] == [2, 4, 6]
+    assert record["best"]["step"] == 2 and len(seen) == 3
+    for name, tensor in weights(recipe).items():
+        torch.testing.assert_close(tensor, seen[0][name], atol=0, rtol=0)
+
+
+def test_missing_dev_set_is_a_one_line_error(ft_recipe):
+    _, recipe = ft_recipe(eval_every=2, eval_sets=["dev_nowhere"])
+    with pytest.raises(UserError, match="set 'dev_nowhere' has no manifest"):
+        finetune.run(recipe)
