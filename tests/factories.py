@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import pickle
 import subprocess
 
 import numpy as np
@@ -41,3 +42,22 @@ def dummy_row(i: int, audio_path: str, **kw) -> dict:
         "source": "synth",
     }
     return {**base, **kw}
+
+
+def split_entries(entries) -> tuple[list, list]:
+    """A source's output as (candidates, rejects)."""
+    from pipeline.corpora.base import Candidate, Reject
+
+    entries = list(entries)
+    return (
+        [e for e in entries if isinstance(e, Candidate)],
+        [e for e in entries if isinstance(e, Reject)],
+    )
+
+
+def assert_speech(cand, duration_s: float) -> None:
+    """The candidate loads (after a pickle round trip, as in a worker) as real 16 kHz audio."""
+    wave, _ = pickle.loads(pickle.dumps(cand.load))(16000)
+    assert wave.dtype == np.float32 and wave.ndim == 1
+    assert abs(len(wave) - duration_s * 16000) <= 16
+    assert np.sqrt(np.mean(wave**2)) > 0.01

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 import shutil
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from pipeline.config import HFSource
 from pipeline.corpora import hf
 from pipeline.corpora.base import Candidate, Reject, SourceContext, take
 from pipeline.errors import UserError
+from tests.factories import assert_speech, split_entries
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 CLIPS = ["0880", "0930", "0890"]  # short LibriVox clips, 16 kHz mono
@@ -60,19 +60,7 @@ def ctx(tmp_path) -> SourceContext:
 
 
 def run(ctx: SourceContext, dataset: Path | str, **kw) -> tuple[list[Candidate], list[Reject]]:
-    entries = list(hf.candidates(HFSource(kind="hf", dataset=str(dataset), **kw), ctx))
-    return (
-        [e for e in entries if isinstance(e, Candidate)],
-        [e for e in entries if isinstance(e, Reject)],
-    )
-
-
-def assert_speech(cand: Candidate, duration_s: float) -> None:
-    """The candidate loads (after a pickle round trip, as in a worker) as real 16 kHz audio."""
-    wave, _ = pickle.loads(pickle.dumps(cand.load))(16000)
-    assert wave.dtype == np.float32 and wave.ndim == 1
-    assert len(wave) == pytest.approx(duration_s * 16000, abs=16)
-    assert np.sqrt(np.mean(wave**2)) > 0.01
+    return split_entries(hf.candidates(HFSource(kind="hf", dataset=str(dataset), **kw), ctx))
 
 
 def test_parquet_file_with_audio_bytes(parquet_file, ctx):

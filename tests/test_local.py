@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import pickle
 import shutil
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
 
@@ -15,6 +13,7 @@ from pipeline.config import LocalSource
 from pipeline.corpora import local
 from pipeline.corpora.base import Candidate, Reject, SourceContext
 from pipeline.errors import UserError
+from tests.factories import assert_speech, split_entries
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 SENTENCES = {
@@ -43,19 +42,7 @@ def ctx(tmp_path) -> SourceContext:
 
 
 def run(ctx: SourceContext, path: Path, **kw) -> tuple[list[Candidate], list[Reject]]:
-    entries = list(local.candidates(LocalSource(kind="local", path=str(path), **kw), ctx))
-    return (
-        [e for e in entries if isinstance(e, Candidate)],
-        [e for e in entries if isinstance(e, Reject)],
-    )
-
-
-def assert_speech(cand: Candidate, duration_s: float) -> None:
-    """The candidate loads (after a pickle round trip, as in a worker) as real 16 kHz audio."""
-    wave, _ = pickle.loads(pickle.dumps(cand.load))(16000)
-    assert wave.dtype == np.float32 and wave.ndim == 1
-    assert len(wave) == pytest.approx(duration_s * 16000, abs=16)
-    assert np.sqrt(np.mean(wave**2)) > 0.01
+    return split_entries(local.candidates(LocalSource(kind="local", path=str(path), **kw), ctx))
 
 
 def test_tsv_table_with_relative_paths_and_a_missing_file(tmp_path, speech, ctx):
