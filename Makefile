@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 RECIPE ?= recipes/demo.yaml
 ARGS ?=
 
-.PHONY: help setup debian venv demo test lint format prepare score select finetune evaluate clean
+.PHONY: help setup debian venv demo test lint format prepare score select finetune evaluate report clean
 
 help:
 	@echo "make demo       set up, then run the pipeline on recipes/demo.yaml"
@@ -14,6 +14,7 @@ help:
 	@echo "make score RECIPE=recipes/demo.yaml; make select RECIPE=recipes/demo.yaml"
 	@echo "make finetune RECIPE=recipes/demo.yaml [ARGS='--subset random --resume']"
 	@echo "make evaluate RECIPE=recipes/demo.yaml [ARGS='--model PATH --name NAME']"
+	@echo "make report RECIPE=recipes/demo.yaml   (data/<recipe>/report/report.html)"
 	@echo "make lint       ruff"
 
 setup: debian venv
@@ -64,6 +65,9 @@ finetune: setup
 
 evaluate: setup
 	$(PY) -m pipeline evaluate $(RECIPE) $(ARGS)
+
+report: setup
+	$(PY) -m pipeline report $(RECIPE) $(ARGS)
 
 clean:
 	rm -rf data/

@@ -42,6 +42,12 @@ def _evaluate(args: argparse.Namespace) -> None:
     evaluate.run(load_recipe(args.recipe, args.set), args.model, args.name)
 
 
+def _report(args: argparse.Namespace) -> None:
+    from pipeline import report
+
+    report.run(load_recipe(args.recipe, args.set))
+
+
 def _compare(args: argparse.Namespace) -> None:
     from pipeline import evaluate
 
@@ -60,6 +66,7 @@ STAGES = {
     "select": (_select, "density-ratio rejection sampling and baseline subsets at one budget"),
     "finetune": (_finetune, "fine-tune the model on a selected subset (Accelerate; resumable)"),
     "evaluate": (_evaluate, "WER/CER per test set and group, with bootstrap intervals"),
+    "report": (_report, "comparison of systems over seeds: tables, figures, Markdown and HTML"),
 }
 
 

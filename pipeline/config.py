@@ -228,6 +228,21 @@ class FinetuneConfig:
 
 
 @dataclass(frozen=True)
+class ReportConfig:
+    """Stage 6: which test sets play which role in the comparison (None: leave the role out).
+
+    A named set that the recipe or the evaluate runs lack is skipped with a logged reason.
+    """
+
+    target_set: str | None = "test_target"  # the target condition: the headline WER
+    clean_set: str | None = "test_clean"  # clean speech: WER per accent
+    noisy_set: str | None = "test_noisy"  # noisy speech: WER per SNR, 0 dB apart
+    real_set: str | None = "asterisk_test"  # real human speech: forgetting
+    reference: str = "rsft"  # system tested against every other one (paired bootstrap)
+    bootstrap: int = 1000  # resamples for intervals and paired tests
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     seed: int = 0
@@ -239,6 +254,7 @@ class Recipe:
     select: SelectConfig = field(default_factory=SelectConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
     @property
     def root(self) -> Path:
@@ -322,6 +338,8 @@ def _copy(data: Any) -> Any:
 
 def _check(recipe: Recipe) -> None:
     """Checks that span several keys."""
+    if recipe.report.bootstrap < 1:
+        raise RecipeError("report.bootstrap: must be at least 1")
     prep = recipe.prepare
     names = [s.name for s in prep.sets]
     for name in names:

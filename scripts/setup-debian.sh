@@ -2,7 +2,7 @@
 # Install the Debian packages the offline default needs, only those that are missing.
 set -euo pipefail
 packages=(espeak-ng flite sonic-pi-samples asterisk-core-sounds-en-wav asterisk-core-sounds-en
-          pocketsphinx-testdata sctk)
+          pocketsphinx-testdata sctk chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

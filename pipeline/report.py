@@ -1,0 +1,272 @@
+"""Stage 6, report: the comparison that shows whether the selection helped, as text and figures.
+
+Reads only files earlier stages wrote under ``<data_dir>/`` and writes ``<data_dir>/report/``:
+  report.md          tables and figures (``figures/*.png`` beside it)
+  report.html        the same, self-contained: figures inlined as base64 PNG, no external links
+  results.json       the comparison table, paired tests, budget sweep, selection summary and
+                     every skipped input with its reason
+  figures/*.png
+
+Evaluate runs (``evaluate/<run>/``) are named by one convention (``report_stats.parse_run_name``):
+  pretrained                  the recipe's model, not fine-tuned
+  <system>                    fine-tuned on the subset of select method <system> (rsft, random,
+                              oracle, full, wer_filter, importance) at the recipe's budget
+                              (select.budget) and seed (finetune.seed, else seed)
+  <system>-s<seed>            the same at another seed
+  <system>-k<budget>-s<seed>  a budget sweep point (``-k<budget>`` alone: the recipe's seed)
+A fine-tuned run's training log is ``finetune/<run>/train_log.json``. Runs with other names,
+sets and runs that are missing are skipped, with the reason logged and listed in the report.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline import report_doc as doc
+from pipeline import report_plots
+from pipeline import report_stats as stats
+from pipeline.config import Recipe
+from pipeline.errors import UserError
+from pipeline.fsio import read_json, stable_seed, write_json
+
+log = logging.getLogger(__name__)
+
+
+class Skips:
+    """Inputs left out, each with its reason: logged, and listed in the report."""
+
+    def __init__(self) -> None:
+        self.items: list[dict] = []
+
+    def add(self, what: str, reason: str) -> None:
+        log.warning("report: skipped %s: %s", what, reason)
+        self.items.append({"what": what, "reason": reason})
+
+
+def set_roles(recipe: Recipe, skips: Skips) -> dict[str, str]:
+    """Role -> test set name, for the roles whose set the recipe prepares."""
+    names = {s.name for s in recipe.prepare.sets}
+    roles = {}
+    for role in stats.ROLES:
+        name = getattr(recipe.report, f"{role}_set")
+        if name is None:
+            continue
+        if name in names:
+            roles[role] = name
+        else:
+            skips.add(f"{role} set {name!r}", f"not a set of this recipe (report.{role}_set)")
+    return roles
+
+
+def load_runs(recipe: Recipe, roles: dict[str, str], skips: Skips) -> list[stats.Run]:
+    """Every evaluate run that follows the naming convention, with its test sets' errors."""
+    folder = recipe.root / "evaluate"
+    found = [p for p in folder.iterdir() if p.is_dir()] if folder.is_dir() else []
+    if not found:
+        raise UserError(f"no evaluate runs under {folder} (run: rsft evaluate first)")
+    seed = recipe.seed if recipe.finetune.seed is None else recipe.finetune.seed
+    runs: dict[stats.RunName, stats.Run] = {}
+    # shortest name first: the bare name that the default pipeline writes wins a duplicate
+    for path in sorted(found, key=lambda p: (len(p.name), p.name)):
+        key = stats.parse_run_name(path.name, seed, recipe.select.budget)
+        if key is None:
+            skips.add(
+                f"run {path.name}", "name is not `pretrained` or `<system>[-k<budget>][-s<seed>]`"
+            )
+            continue
+        if key in runs:
+            skips.add(f"run {path.name}", f"same system, seed and budget as {runs[key].name}")
+            continue
+        run = stats.Run(path.name, key)
+        for role, name in roles.items():
+            table = path / name / "utterances.parquet"
+            if not table.exists():
+                skips.add(f"run {path.name}, set {name}", "not evaluated (no utterances.parquet)")
+                continue
+            frame = pd.read_parquet(table)
+            run.sets[role] = frame[[c for c in stats.COLUMNS if c in frame.columns]]
+            if (path / name / "wer.json").exists():
+                result = read_json(path / name / "wer.json")
+                run.intervals[role] = (result["wer_low"], result["wer_high"])
+        runs[key] = run
+    return sorted(runs.values(), key=lambda r: r.name)
+
+
+def load_selection(folder: Path, skips: Skips) -> dict | None:
+    """select/summary.json (with each method's ESS), its diagnostics, and the rsft log-ratios
+    of the whole pool and of the selected rows (``log_ratio.parquet``, ``rsft/subset.parquet``)."""
+    if not (folder / "summary.json").exists():
+        skips.add("selection", f"no {folder / 'summary.json'} (run: rsft select)")
+        return None
+    summary = read_json(folder / "summary.json")
+    diagnostics = {}
+    for row in summary["methods"]:
+        path = folder / row["method"] / "diagnostics.json"
+        if "skipped" not in row and path.exists():
+            diagnostics[row["method"]] = read_json(path)
+            row["ess"] = diagnostics[row["method"]].get("ess")
+        elif "skipped" not in row:
+            skips.add(f"selection {row['method']}", f"no {path}")
+    selected = None
+    ratio_path, subset_path = folder / "log_ratio.parquet", folder / "rsft" / "subset.parquet"
+    if "rsft" in diagnostics and ratio_path.exists() and subset_path.exists():
+        ratios = pd.read_parquet(ratio_path)
+        chosen = pd.read_parquet(subset_path, columns=["id"])["id"]
+        selected = ratios["log_w"][ratios["id"].isin(chosen)].to_numpy()
+    elif "rsft" in diagnostics:
+        skips.add("log-ratios of the rsft subset", f"no {ratio_path} or {subset_path}")
+    summary = {"budget": summary["budget"], "methods": summary["methods"]}
+    return {"summary": summary, "diagnostics": diagnostics, "selected_log_w": selected}
+
+
+def load_train_logs(root: Path, runs: list[stats.Run], skips: Skips) -> dict[str, dict]:
+    logs = {}
+    for run in runs:
+        if run.key.system == stats.PRETRAINED or run.key.sweep:
+            continue
+        path = root / "finetune" / run.name / "train_log.json"
+        if path.exists():
+            logs[run.name] = read_json(path)
+        else:
+            skips.add(f"training curve of {run.name}", f"no `{path}`")
+    return logs
+
+
+def selection_blocks(found: dict) -> list:
+    blocks = [doc.Heading("Selection"), doc.selection(found["summary"])]
+    blocks.append(
+        doc.Para(
+            "acceptance: selected / proposals; ESS: effective sample size of the pool weights; "
+            "TV: total variation between the subset's and the target sample's group shares; "
+            "target-group share: share of the subset in groups the target sample holds."
+        )
+    )
+    diagnostics = {m: d for m, d in found["diagnostics"].items() if m != "full"}
+    if diagnostics:
+        png = report_plots.selection_shares(diagnostics)
+        blocks.append(doc.Figure("selection_shares", png, "Group shares: pool, target, subsets"))
+    rsft = found["diagnostics"].get("rsft")
+    if rsft is not None:
+        hist = rsft["log_w_histogram"]
+        target = set(rsft["groups"].get("target", {}))
+        counts = {g: np.asarray(c, float) for g, c in hist["counts"].items()}
+        series = [
+            ("pool, target groups", sum((c for g, c in counts.items() if g in target), 0.0)),
+            ("pool, other groups", sum((c for g, c in counts.items() if g not in target), 0.0)),
+        ]
+        edges = np.asarray(hist["edges"])
+        if found["selected_log_w"] is not None:
+            series.append(("rsft selected", np.histogram(found["selected_log_w"], edges)[0]))
+        series = [(label, np.broadcast_to(c, len(edges) - 1)) for label, c in series]
+        png = report_plots.log_ratio_histogram(edges, series)
+        blocks.append(doc.Figure("log_ratio", png, "rsft log-ratio histogram (symlog counts)"))
+    return blocks
+
+
+def build(recipe: Recipe, results: dict, runs: list, found: dict | None, logs: dict) -> list:
+    """The report's blocks, in reading order."""
+    ref, roles = results["reference"], results["sets"]
+    blocks = [
+        doc.Para(
+            f"{recipe.description or recipe.name}. Budget {results['budget']} utterances per "
+            f"subset; test sets: {', '.join(f'{r} = `{s}`' for r, s in roles.items())}. WER in "
+            "%, mean over seeds with the range (min-max) in brackets; the target interval is a "
+            "95% utterance bootstrap of the seed mean."
+        ),
+        doc.Heading("Comparison"),
+    ]
+    if results["systems"]:
+        blocks.append(doc.comparison(results))
+        panels = [
+            (k, t) for k, t in _BAR_PANELS if any(s["wer"].get(k) for s in results["systems"])
+        ]
+        if panels:
+            png = report_plots.system_bars(results["systems"], panels)
+            blocks.append(doc.Figure("systems", png, "WER per system (bars: seed mean)"))
+    if table := doc.paired(results):
+        blocks += [doc.Heading(f"Paired bootstrap: {ref} against each system"), table]
+        blocks.append(
+            doc.Para(
+                f"On the target test set, utterances matched by id, per seed; "
+                f"negative differences favour {ref}."
+            )
+        )
+    for key, label, title, order in (
+        ("clean_by_accent", "", "Clean speech per accent (WER %)", None),
+        ("noisy_by_snr", "dB", "Noisy speech per SNR (WER %)", stats.snr_order),
+    ):
+        if table := doc.by_group(results, key, label, order):
+            blocks += [doc.Heading(title), table]
+    before = [r for r in runs if r.key.system == stats.PRETRAINED]
+    after = [r for r in runs if r.key.system == ref and not r.key.sweep]
+    panels = [
+        (f"{title} ({len(group)} run{'s' * (len(group) > 1)})", table)
+        for title, group in (("pretrained", before), (f"{ref} fine-tuned", after))
+        if (table := stats.accent_snr_table(group)) is not None
+    ]
+    if panels:
+        blocks += [doc.Heading("Before and after fine-tuning")]
+        png = report_plots.wer_heatmaps(panels)
+        blocks.append(
+            doc.Figure("heatmap", png, "WER % per accent x SNR, synthetic test sets pooled")
+        )
+    if table := doc.sweep(results):
+        png = report_plots.budget_sweep(results["sweep"])
+        blocks += [
+            doc.Heading("Budget sweep"),
+            table,
+            doc.Figure("sweep", png, "Target WER by budget"),
+        ]
+    if found is not None:
+        blocks += selection_blocks(found)
+    if logs:
+        png = report_plots.training_curves(logs)
+        blocks += [doc.Heading("Training"), doc.Figure("training", png, "Loss and dev WER per run")]
+    return blocks
+
+
+_BAR_PANELS = [
+    ("target", "target test (95% CI)"),
+    ("clean", "clean speech"),
+    ("noisy_0db", "noisy, 0 dB"),
+    ("real", "real speech"),
+]
+
+
+def run(recipe: Recipe) -> dict:
+    """Build the report of a recipe's runs; print the comparison; return results.json's content."""
+    cfg, out = recipe.report, recipe.root / "report"
+    log.info("Stage 6: report on %s -> %s", recipe.root, out)
+    skips = Skips()
+    roles = set_roles(recipe, skips)
+    runs = load_runs(recipe, roles, skips)
+    rng = np.random.default_rng(stable_seed(recipe.seed, "report"))
+    results = {
+        "recipe": recipe.name,
+        "budget": recipe.select.budget,
+        "sets": roles,
+        "reference": cfg.reference,
+        "systems": stats.systems_table(runs, rng, cfg.bootstrap),
+        "paired": stats.paired_tests(runs, cfg.reference, rng, cfg.bootstrap, skips.add),
+        "sweep": stats.sweep_table(runs),
+    }
+    found = load_selection(recipe.root / "select", skips)
+    results["selection"] = found["summary"] if found else None
+    blocks = build(recipe, results, runs, found, load_train_logs(recipe.root, runs, skips))
+    blocks.append(doc.Heading("Skipped inputs"))
+    if skips.items:
+        blocks.append(
+            doc.Table(["input", "reason"], [[s["what"], s["reason"]] for s in skips.items])
+        )
+    else:
+        blocks.append(doc.Para("None: every configured set, run and log was found."))
+    results["skipped"] = skips.items
+    doc.write(out, f"RSFT report: {recipe.name}", blocks)
+    write_json(out / "results.json", results)
+    print(doc.comparison_text(results))
+    print(f"report: {out / 'report.md'} (and report.html, results.json)")
+    return results

@@ -1,0 +1,237 @@
+"""The numbers of the report: run names, WER per test-set role over seeds, paired tests.
+
+Plain pandas and numpy over per-utterance error tables (``evaluate``'s ``utterances.parquet``);
+nothing here reads files. WERs are fractions of reference words, as in ``wer.json``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from pipeline import metrics
+
+SYSTEMS = ("rsft", "random", "oracle", "full", "wer_filter", "importance")  # select methods
+PRETRAINED = "pretrained"
+ROLES = ("target", "clean", "noisy", "real")  # test set roles, named in ReportConfig
+_RUN_NAME = re.compile(r"^(?P<system>[a-z_]+)(?:-k(?P<budget>\d+))?(?:-s(?P<seed>\d+))?$")
+
+
+@dataclass(frozen=True)
+class RunName:
+    system: str  # a select method, or 'pretrained'
+    seed: int | None  # None for the pretrained model
+    budget: int | None  # subset size; None for the pretrained model
+    sweep: bool = False  # named with -k<budget>
+
+
+def parse_run_name(name: str, seed: int, budget: int) -> RunName | None:
+    """What an evaluate run's name stands for; None if it follows no rule of the convention.
+
+    ``pretrained``; ``<system>``; ``<system>-s<seed>``; ``<system>-k<budget>-s<seed>`` (or
+    ``-k<budget>`` alone), where <system> is a select method. ``seed`` and ``budget`` are the
+    recipe's, taken where the name leaves them out.
+    """
+    if name == PRETRAINED:
+        return RunName(PRETRAINED, None, None)
+    match = _RUN_NAME.match(name)
+    if match is None or match["system"] not in SYSTEMS:
+        return None
+    return RunName(
+        match["system"],
+        int(match["seed"]) if match["seed"] is not None else seed,
+        int(match["budget"]) if match["budget"] is not None else budget,
+        sweep=match["budget"] is not None,
+    )
+
+
+@dataclass
+class Run:
+    """One evaluate run: its name, what it stands for, and its errors per test-set role."""
+
+    name: str
+    key: RunName
+    sets: dict[str, pd.DataFrame] = field(default_factory=dict)  # role -> utterance errors
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # from wer.json
+
+
+COLUMNS = ["id", "errors", "ref_words", "accent", "noise", "snr_db"]  # read from utterances
+
+
+def snr_label(value) -> str:
+    return "clean" if pd.isna(value) else f"{value:g}"
+
+
+def snr_order(labels: list[str]) -> list[str]:
+    """SNR labels from the highest down (0 dB, the hardest, last); 'clean' first."""
+    return sorted(labels, key=lambda g: -np.inf if g == "clean" else -float(g))
+
+
+def run_wers(run: Run) -> dict:
+    """WER of one run per role and group, nested as results.json shows it (roles it has)."""
+    sets, out = run.sets, {}
+    if "target" in sets:
+        out["target"] = metrics.wer(sets["target"])
+    if "clean" in sets:
+        clean = sets["clean"]
+        out["clean"] = metrics.wer(clean)
+        out["clean_by_accent"] = {
+            str(a): metrics.wer(g) for a, g in clean.groupby("accent", dropna=False)
+        }
+    if "noisy" in sets:
+        noisy = sets["noisy"][sets["noisy"]["snr_db"].notna()]
+        out["noisy_by_snr"] = {snr_label(s): metrics.wer(g) for s, g in noisy.groupby("snr_db")}
+        out["noisy_above_0db"] = metrics.wer(noisy[noisy["snr_db"] > 0])
+        out["noisy_0db"] = metrics.wer(noisy[noisy["snr_db"] == 0])
+    if "real" in sets:
+        out["real"] = metrics.wer(sets["real"])
+    return out
+
+
+def spread(values: list[float]) -> dict | None:
+    """Mean, sample sd, min, max and count over seeds; None when no seed has a value."""
+    kept = np.asarray([v for v in values if v is not None and not np.isnan(v)], float)
+    if not len(kept):
+        return None
+    sd = float(kept.std(ddof=1)) if len(kept) > 1 else None
+    return {
+        "mean": float(kept.mean()),
+        "sd": sd,
+        "min": float(kept.min()),
+        "max": float(kept.max()),
+        "n": int(len(kept)),
+    }
+
+
+def aggregate(per_seed: list[dict]) -> dict:
+    """``run_wers`` dicts of several seeds -> the same nesting with a ``spread`` per leaf."""
+    keys = list(dict.fromkeys(k for d in per_seed for k in d))
+    out = {}
+    for key in keys:
+        values = [d.get(key) for d in per_seed]
+        if any(isinstance(v, dict) for v in values):
+            out[key] = aggregate([v for v in values if isinstance(v, dict)])
+        else:
+            out[key] = spread([np.nan if v is None else v for v in values])
+    return out
+
+
+def seed_mean_interval(runs: list[Run], role: str, rng, n_boot: int) -> tuple[float, float]:
+    """95% interval of the seed-mean WER: one seed's from its wer.json, several seeds' by an
+    utterance bootstrap of the errors averaged over seeds (utterances matched by id)."""
+    have = [r for r in runs if role in r.sets]
+    if len(have) == 1 and role in have[0].intervals:
+        return have[0].intervals[role]
+    if not have:
+        return (float("nan"), float("nan"))
+    merged = have[0].sets[role][["id", "ref_words", "errors"]].rename(columns={"errors": "e0"})
+    for i, run in enumerate(have[1:], start=1):
+        other = run.sets[role][["id", "errors"]].rename(columns={"errors": f"e{i}"})
+        merged = merged.merge(other, on="id")
+    errors = merged[[f"e{i}" for i in range(len(have))]].to_numpy(float).mean(axis=1)
+    return metrics.bootstrap_ci(errors, merged["ref_words"].to_numpy(), rng, n_boot)
+
+
+def systems_table(runs: list[Run], rng, n_boot: int) -> list[dict]:
+    """One row per system at the recipe budget, seeds aggregated; pretrained first."""
+    rows = []
+    for system in (PRETRAINED, *SYSTEMS):
+        members = [r for r in runs if r.key.system == system and not r.key.sweep]
+        if not members:
+            continue
+        wers = aggregate([run_wers(r) for r in members])
+        if wers.get("target") is not None:
+            low, high = seed_mean_interval(members, "target", rng, n_boot)
+            wers["target"].update(low=low, high=high)
+        rows.append(
+            {
+                "system": system,
+                "runs": [r.name for r in members],
+                "seeds": [r.key.seed for r in members if r.key.seed is not None],
+                "budget": members[0].key.budget,
+                "wer": wers,
+            }
+        )
+    return rows
+
+
+def paired_tests(
+    runs: list[Run], reference: str, rng, n_boot: int, skip: Callable[[str, str], None]
+) -> list[dict]:
+    """Paired bootstrap on the target test set of ``reference`` against each other system, per
+    seed, utterances matched by id (the pretrained run pairs with every seed of ``reference``).
+    ``delta`` = WER(reference) - WER(other): negative where ``reference`` is better. Runs
+    without a seed mate are reported through ``skip(what, reason)``."""
+    main = [r for r in runs if not r.key.sweep and "target" in r.sets]
+    ours = [r for r in main if r.key.system == reference]
+    if not ours:
+        skip("paired tests", f"no {reference} run was evaluated on the target set")
+        return []
+    rows = []
+    for other in main:
+        if other.key.system == reference:
+            continue
+        mates = [r for r in ours if other.key.seed is None or r.key.seed == other.key.seed]
+        if not mates:
+            skip(f"paired test against {other.name}", f"no {reference} run with its seed")
+        for mine in mates:
+            both = mine.sets["target"].merge(other.sets["target"], on="id", suffixes=("", "_o"))
+            test = metrics.paired_bootstrap(
+                both["errors_o"].to_numpy(),
+                both["errors"].to_numpy(),
+                both["ref_words"].to_numpy(),
+                rng,
+                n_boot,
+            )
+            rows.append(
+                {
+                    "system": other.key.system,
+                    "seed": mine.key.seed,
+                    "run": mine.name,
+                    "other_run": other.name,
+                    "utterances": len(both),
+                    "wer": metrics.wer(both),
+                    "other_wer": metrics.wer(both.assign(errors=both["errors_o"])),
+                    **test,
+                }
+            )
+    return rows
+
+
+def sweep_table(runs: list[Run]) -> list[dict]:
+    """Target WER per system and budget over seeds, when any run is a sweep point (-k)."""
+    if not any(r.key.sweep for r in runs):
+        return []
+    tuned = [r for r in runs if r.key.system != PRETRAINED and "target" in r.sets]
+    keys = sorted({(SYSTEMS.index(r.key.system), r.key.budget) for r in tuned})
+    rows = []
+    for index, budget in keys:
+        members = [r for r in tuned if r.key.system == SYSTEMS[index] and r.key.budget == budget]
+        rows.append(
+            {
+                "system": SYSTEMS[index],
+                "budget": budget,
+                "runs": [r.name for r in members],
+                "target": spread([metrics.wer(r.sets["target"]) for r in members]),
+            }
+        )
+    return rows
+
+
+def accent_snr_table(runs: list[Run], roles: tuple[str, ...] = ("target", "clean", "noisy")):
+    """WER per accent (rows) x SNR (columns: clean, then falling SNR) over the given roles'
+    utterances of every run in ``runs`` pooled (errors summed); None without utterances."""
+    frames = [r.sets[role] for r in runs for role in roles if role in r.sets]
+    if not frames:
+        return None
+    pooled = pd.concat(frames, ignore_index=True)
+    pooled["snr"] = pooled["snr_db"].map(snr_label)
+    pooled["accent"] = pooled["accent"].astype(object).fillna("unknown")
+    sums = pooled.groupby(["accent", "snr"])[["errors", "ref_words"]].sum()
+    table = (sums["errors"] / sums["ref_words"].where(sums["ref_words"] > 0)).unstack("snr")
+    snrs = sorted((c for c in table.columns if c != "clean"), key=lambda c: -float(c))
+    return table[[c for c in ["clean", *snrs] if c in table.columns]]

@@ -1,0 +1,267 @@
+"""The report stage on a small data tree written by the real stages: evaluate (with a scripted
+recogniser), select (on fake scores) and fine-tuning logs; its HTML rendered by Chromium."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+import subprocess
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from pipeline import cli, evaluate, manifest, report_stats, select
+from pipeline.config import load_recipe
+from pipeline.fsio import write_json
+from pipeline.models import loader
+from pipeline.models.base import SpeechModel
+from tests.factories import dummy_row
+from tests.test_select import ACCENTS, NOISES, fake_scored_set
+
+TEXT = "please open the door"  # 4 words; a wrong utterance is 1 substitution
+WRONG = "please open the floor"
+TARGET_WRONG = {  # run -> how many of the 10 target utterances it gets wrong (of 40 words)
+    "pretrained": 10,
+    "rsft": 2,
+    "rsft-s0": 2,
+    "rsft-s1": 4,
+    "random": 6,
+    "random-s1": 8,
+    "rsft-k50-s0": 1,
+    "random-k50-s0": 5,
+    "mine": 0,
+}
+TEST_SETS = {  # set -> rows of (accent, noise, snr_db)
+    "test_target": [("caribbean", "sauna", 5.0)] * 10,
+    "test_clean": [("us", "clean", np.nan)] * 4 + [("caribbean", "clean", np.nan)] * 4,
+    "test_noisy": [("us", "clean", np.nan)] * 2
+    + [("us", "white", s) for s in (10.0, 10.0, 5.0, 5.0, 0.0, 0.0)],
+    "asterisk_test": [("us", "clean", np.nan)] * 4,
+}
+RECIPE = {
+    "prepare": {
+        "sets": [
+            {
+                "name": name,
+                "split": "test",
+                "source": {"kind": "synth", "parts": [{"count": len(rows), "voices": ["us"]}]},
+            }
+            for name, rows in TEST_SETS.items()
+        ]
+    },
+    "select": {"budget": 20, "methods": ["rsft", "random", "oracle", "full"], "folds": 2},
+    "evaluate": {"bootstrap": 20},
+    "report": {"bootstrap": 200},
+}
+
+
+class ScriptedModel(SpeechModel):
+    """A recogniser whose mistakes are chosen per utterance (found by its audio's length)."""
+
+    def __init__(self, run: str, lengths: dict[int, tuple[str, int]]):
+        self.run, self.lengths, self.name = run, lengths, run
+
+    def wrong(self, set_name: str, index: int) -> bool:
+        if set_name == "test_target":
+            return index < TARGET_WRONG[self.run]
+        if set_name == "test_noisy":
+            return index >= 6  # 0 dB
+        if set_name == "test_clean":
+            return index >= 4 and (self.run == "pretrained" or index % 2 == 0)  # caribbean
+        return self.run != "pretrained" and index == 0  # forgetting on real speech
+
+    def transcribe(self, waves):
+        return [WRONG if self.wrong(*self.lengths[len(w)]) else TEXT for w in waves]
+
+    def fingerprint(self) -> str:
+        return self.run
+
+    def embed(self, waves):
+        raise NotImplementedError
+
+    def loss(self, waves, texts):
+        raise NotImplementedError
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """A recipe's data folder as prepare, select, finetune and evaluate leave it."""
+    tmp = tmp_path_factory.mktemp("report")
+    root = tmp / "data"
+    path = tmp / "recipe.yaml"
+    path.write_text(json.dumps({"name": "t", "data_dir": str(root), **RECIPE}))
+    recipe = load_recipe(path)
+    lengths, n = {}, 0
+    for name, rows in TEST_SETS.items():
+        frame = []
+        for i, (accent, noise, snr) in enumerate(rows):
+            n += 1
+            audio = root / "prepare" / "audio" / name / f"{i}.wav"
+            audio.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(audio, np.full(1600 + 16 * n, 0.01, np.float32), 16000)
+            lengths[1600 + 16 * n] = (name, i)
+            kw = {"accent": accent, "noise": noise, "snr_db": snr, "split": "test", "text": TEXT}
+            frame.append(dummy_row(i, str(audio), id=f"{name}-{i}", **kw))
+        out = root / "prepare" / "manifests" / f"{name}.parquet"
+        manifest.write(manifest.to_frame(frame), out, root=root)
+    with pytest.MonkeyPatch.context() as patch:
+        for run in TARGET_WRONG:
+            patch.setattr(loader, "load", lambda cfg, cache, run=run: ScriptedModel(run, lengths))
+            evaluate.run(recipe, run, run)
+    shutil.rmtree(root / "evaluate" / "random-s1" / "test_noisy")
+    for run in ("rsft", "rsft-s1", "random"):
+        losses = [3.0 / (1 + step) for step in range(30)] + [None, 0.05]
+        curve = [{"step": s, "dev_target": 0.5 - s / 100} for s in (10, 20, 32)]
+        log = {"steps": 32, "losses": losses, "dev_curve": curve, "best": {"step": 32}}
+        write_json(root / "finetune" / run / "train_log.json", log)
+    pool = [(a, z) for a in ACCENTS for z in NOISES for _ in range(40)][:-30]
+    fake_scored_set(root, "pool", pool, np.random.default_rng(1))
+    fake_scored_set(root, "target", [("caribbean", NOISES[2])] * 30, np.random.default_rng(1))
+    select.run(recipe)
+    return path, recipe
+
+
+@pytest.fixture(scope="module")
+def report(tree):
+    """The report folder, results.json and what the command printed."""
+    path, recipe = tree
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        cli.main(["report", str(path), "-q"])
+    out = recipe.root / "report"
+    return out, json.loads((out / "results.json").read_text()), printed.getvalue()
+
+
+def test_run_names_follow_one_convention():
+    parse = report_stats.parse_run_name
+    assert parse("pretrained", 0, 300) == report_stats.RunName("pretrained", None, None)
+    assert parse("rsft", 7, 300) == report_stats.RunName("rsft", 7, 300)
+    assert parse("wer_filter-s2", 0, 300) == report_stats.RunName("wer_filter", 2, 300)
+    assert parse("random-k50-s1", 0, 300) == report_stats.RunName("random", 1, 50, sweep=True)
+    assert parse("oracle-k50", 3, 300) == report_stats.RunName("oracle", 3, 50, sweep=True)
+    for name in ("mine", "rsft-s", "rsft-x1", "model", "rsft-s1-k50"):
+        assert parse(name, 0, 300) is None
+
+
+def test_table_aggregates_seeds_and_tests_rsft_against_each_system(report):
+    _, results, _ = report
+    systems = {s["system"]: s for s in results["systems"]}
+    assert list(systems) == ["pretrained", "rsft", "random"]
+    rsft, random = systems["rsft"], systems["random"]
+    assert rsft["runs"] == ["rsft", "rsft-s1"] and rsft["seeds"] == [0, 1]
+    target = rsft["wer"]["target"]
+    assert target["mean"] == pytest.approx(0.075) and target["n"] == 2
+    assert (target["min"], target["max"]) == pytest.approx((0.05, 0.10))
+    assert target["low"] <= target["mean"] <= target["high"]
+    assert random["wer"]["target"]["mean"] == pytest.approx(0.175)
+    assert systems["pretrained"]["wer"]["target"]["mean"] == pytest.approx(0.25)
+    assert systems["pretrained"]["seeds"] == []
+    assert rsft["wer"]["clean_by_accent"]["caribbean"]["mean"] == pytest.approx(0.125)
+    assert systems["pretrained"]["wer"]["clean_by_accent"]["caribbean"]["mean"] == 0.25
+    assert rsft["wer"]["noisy_0db"]["mean"] == 0.25 and rsft["wer"]["noisy_above_0db"]["mean"] == 0
+    assert set(rsft["wer"]["noisy_by_snr"]) == {"10", "5", "0"}
+    assert random["wer"]["noisy_0db"]["n"] == 1  # random-s1 lost its noisy set
+    assert (
+        rsft["wer"]["real"]["mean"] == 0.0625 and systems["pretrained"]["wer"]["real"]["mean"] == 0
+    )
+    pairs = {(p["system"], p["seed"]): p for p in results["paired"]}
+    assert set(pairs) == {("pretrained", 0), ("pretrained", 1), ("random", 0), ("random", 1)}
+    assert pairs[("random", 0)]["delta"] == pytest.approx(0.05 - 0.15)
+    assert (
+        pairs[("random", 1)]["other_run"] == "random-s1"
+        and pairs[("random", 1)]["run"] == "rsft-s1"
+    )
+    assert pairs[("pretrained", 1)]["delta"] == pytest.approx(0.10 - 0.25)
+    assert all(
+        p["low"] <= p["delta"] <= p["high"] and 0 < p["p_value"] <= 1 for p in pairs.values()
+    )
+    sweep = {(r["system"], r["budget"]): r["target"]["mean"] for r in results["sweep"]}
+    assert sweep == pytest.approx(
+        {("rsft", 20): 0.075, ("rsft", 50): 0.025, ("random", 20): 0.175, ("random", 50): 0.125}
+    )
+    methods = {m["method"]: m for m in results["selection"]["methods"]}
+    assert methods["rsft"]["selected"] == 20 and methods["rsft"]["ess"] > 0
+
+
+def test_missing_inputs_are_listed_skips(report):
+    _, results, _ = report
+    skipped = {s["what"]: s["reason"] for s in results["skipped"]}
+    assert "name is not" in skipped["run mine"]
+    assert "same system, seed and budget as rsft" in skipped["run rsft-s0"]
+    assert "not evaluated" in skipped["run random-s1, set test_noisy"]
+    assert "train_log.json" in skipped["training curve of random-s1"]
+
+
+def test_report_files_and_printed_table(report):
+    out, results, printed = report
+    assert "rsft" in printed and "7.5 [" in printed and str(out / "report.md") in printed
+    assert json.loads((out / "results.json").read_text()) == results
+    text = (out / "report.md").read_text()
+    assert "| system | seeds | target WER % [95% CI] |" in text
+    assert "| rsft | 2 (0, 1) | 7.5 [" in text
+    figures = sorted(p.name for p in (out / "figures").glob("*.png"))
+    assert figures == sorted(
+        f"{n}.png"
+        for n in ("systems", "heatmap", "sweep", "selection_shares", "log_ratio", "training")
+    )
+    for name in figures:
+        assert f"](figures/{name})" in text
+
+
+class _Images(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images, self.links = [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs)
+        for key in ("href", "src"):
+            if attrs.get(key) and not attrs[key].startswith("data:"):
+                self.links.append(attrs[key])
+
+
+PROBE = """<img alt="broken control" src="data:image/png;base64,iVBORw0KGgoAAAAbroken">
+<script>window.addEventListener("load", () => {
+  for (const img of document.images) img.setAttribute("data-natural-width", img.naturalWidth);
+  document.body.setAttribute("data-probed", document.images.length);
+});</script>"""
+
+
+def test_html_is_self_contained_and_every_image_decodes_in_chromium(report, tmp_path):
+    out, _, _ = report
+    page = (out / "report.html").read_text()
+    static = _Images()
+    static.feed(page)
+    assert static.links == []  # nothing outside the file
+    assert len(static.images) == 6
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert browser, "chromium is not installed (run: make setup)"
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace("</body>", PROBE + "</body>"))
+    dom = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path}/c"]
+        + ["--virtual-time-budget=10000", "--dump-dom", probe.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    rendered = _Images()
+    rendered.feed(dom)
+    widths = {img["alt"]: int(img["data-natural-width"]) for img in rendered.images}
+    assert widths.pop("broken control") == 0  # the probe sees a broken image as broken
+    assert len(widths) == 6 and all(w > 300 for w in widths.values()), widths
+
+
+def test_no_evaluate_runs_is_a_one_line_error(write_recipe, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["report", str(write_recipe({}))])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "no evaluate runs" in err and len(err.strip().splitlines()) == 1
