@@ -229,6 +229,17 @@ def build(recipe: Recipe, results: dict, runs: list, found: dict | None, logs: d
     return blocks
 
 
+def _strict_json(value):
+    """NaN (an undefined WER or interval) as null, so that any JSON reader accepts the file."""
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_strict_json(v) for v in value]
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    return value
+
+
 _BAR_PANELS = [
     ("target", "target test (95% CI)"),
     ("clean", "clean speech"),
@@ -264,7 +275,7 @@ def run(recipe: Recipe) -> dict:
         )
     else:
         blocks.append(doc.Para("None: every configured set, run and log was found."))
-    results["skipped"] = skips.items
+    results = _strict_json({**results, "skipped": skips.items})
     doc.write(out, f"RSFT report: {recipe.name}", blocks)
     write_json(out / "results.json", results)
     print(doc.comparison_text(results))
