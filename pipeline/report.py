@@ -212,7 +212,9 @@ def build(recipe: Recipe, results: dict, runs: list, found: dict | None, logs: d
         blocks += [doc.Heading("Before and after fine-tuning")]
         png = report_plots.wer_heatmaps(panels)
         blocks.append(
-            doc.Figure("heatmap", png, "WER % per accent x SNR, synthetic test sets pooled")
+            doc.Figure(
+                "heatmap", png, "WER % per accent x SNR; target, clean and noisy test sets pooled"
+            )
         )
     if table := doc.sweep(results):
         png = report_plots.budget_sweep(results["sweep"])

@@ -229,9 +229,13 @@ def to_html(title: str, blocks: list[Block]) -> str:
 
 def write(out: Path, title: str, blocks: list[Block]) -> None:
     """report.md with figures/*.png, and the self-contained report.html."""
+    names = {f"{b.name}.png" for b in blocks if isinstance(b, Figure)}
     for block in blocks:
         if isinstance(block, Figure):
             with atomic_path(out / "figures" / f"{block.name}.png") as tmp:
                 tmp.write_bytes(block.png)
+    for old in (out / "figures").glob("*.png"):  # an earlier report's figure not drawn now
+        if old.name not in names:
+            old.unlink()
     write_text(out / "report.md", to_markdown(title, blocks))
     write_text(out / "report.html", to_html(title, blocks))

@@ -265,3 +265,25 @@ def test_no_evaluate_runs_is_a_one_line_error(write_recipe, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "no evaluate runs" in err and len(err.strip().splitlines()) == 1
+
+
+def test_baseline_alone_reports_and_drops_stale_figures(tree, report, tmp_path):
+    """What make demo leaves before any fine-tuning: the pretrained run, no select outputs."""
+    path, recipe = tree
+    root = tmp_path / "data"
+    shutil.copytree(recipe.root, root)  # with the full report's figures in report/figures
+    for run in (root / "evaluate").iterdir():
+        if run.name != "pretrained":
+            shutil.rmtree(run)
+    shutil.rmtree(root / "select")
+    alone = tmp_path / "recipe.yaml"
+    alone.write_text(json.dumps({**json.loads(path.read_text()), "data_dir": str(root)}))
+    with contextlib.redirect_stdout(io.StringIO()):
+        cli.main(["report", str(alone), "-q"])
+    results = json.loads((root / "report" / "results.json").read_text())
+    assert [s["system"] for s in results["systems"]] == ["pretrained"]
+    assert results["paired"] == [] and results["sweep"] == [] and results["selection"] is None
+    skipped = {s["what"] for s in results["skipped"]}
+    assert {"paired tests", "selection"} <= skipped
+    figures = {p.name for p in (root / "report" / "figures").glob("*.png")}
+    assert figures == {"systems.png", "heatmap.png"}
