@@ -25,7 +25,8 @@ class NoiseConfig:
     """Noisy copies of a set's clean utterances."""
 
     # noise names: sonic-pi recordings (vinyl_hiss, 3d_printer, sauna, safari, or any sample
-    # file stem), 'white', 'pink', 'babble', or a key of prepare.noise_files
+    # file stem), 'white', 'pink', 'babble', or a key of prepare.noise_files or
+    # prepare.noise_sources
     types: tuple[str, ...] = ()
     snr_db: tuple[float, ...] = ()  # on active speech
     # 'one': each utterance gets one (type, SNR) drawn at random;
@@ -66,12 +67,27 @@ class AsteriskSource:
 
 
 @dataclass(frozen=True)
+class Keep:
+    """Which of a source's utterances a set takes (before `limit`): sets cut from one corpus.
+
+    Every speaker and every utterance id falls in a fixed bucket in [0, 1) (a stable hash, the
+    same for any seed), so sets given disjoint ranges share no speaker (or no utterance).
+    """
+
+    accents: tuple[str, ...] = ()  # only these accents, as the manifest writes them (any case)
+    speakers: tuple[str, ...] = ()  # only these speakers
+    speaker_range: tuple[float, float] = (0.0, 1.0)  # [start, end) of the speaker buckets
+    utterance_range: tuple[float, float] = (0.0, 1.0)  # [start, end) of the utterance buckets
+
+
+@dataclass(frozen=True)
 class LocalSource:
     kind: Literal["local"]
     path: str = field(metadata={typed.MUST_EXIST: True})  # folder, or a TSV/CSV transcript file
     format: Literal["table", "kaldi"] = "table"
     transcript: str | None = None  # table file inside `path` (default: the only .tsv/.csv)
     accent: str = "unknown"  # accent for rows that carry none
+    keep: Keep | None = None
     limit: int | None = None
 
 
@@ -88,6 +104,7 @@ class HFSource:
     id_column: str | None = None
     accent: str = "unknown"
     streaming: bool = False
+    keep: Keep | None = None
     limit: int | None = None
     revision: str | None = None
 
@@ -100,10 +117,45 @@ class OpenSLRSource:
     sha256: str | None = None  # required unless the URL is in corpora.openslr.KNOWN_SHA256
     subset: str | None = None  # e.g. 'train-clean-100' or 'noise'
     accent: str = "unknown"
+    keep: Keep | None = None
     limit: int | None = None
 
 
-Source = SynthSource | AsteriskSource | LocalSource | HFSource | OpenSLRSource
+@dataclass(frozen=True)
+class CommonVoiceSource:
+    """A Common Voice release as Mozilla distributes it (see pipeline.corpora.commonvoice)."""
+
+    kind: Literal["commonvoice"]
+    # the release's language folder (cv-corpus-<version>/en): <split>.tsv files and clips/;
+    # checked when the set is prepared, so a recipe loads on machines without the corpus
+    path: str
+    split: str = "train"  # the TSV: train, dev, test (speaker-disjoint), validated, other, ...
+    keep: Keep | None = None  # keep.accents matches the accent the manifest gets
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class L2ArcticSource:
+    """An L2-ARCTIC folder: <SPEAKER>/wav/*.wav, <SPEAKER>/transcript/*.txt."""
+
+    kind: Literal["l2arctic"]
+    path: str  # the release folder holding the speaker folders (checked at prepare)
+    # CMU ARCTIC prompt sets: 'a' (arctic_a*, 593 sentences) or 'b' (arctic_b*, 539), so that
+    # test sentences can be kept out of training (every speaker reads the same prompts)
+    prompts: Literal["all", "a", "b"] = "all"
+    keep: Keep | None = None  # keep.speakers: speaker codes; keep.accents: L1s (e.g. vietnamese)
+    limit: int | None = None
+
+
+Source = (
+    SynthSource
+    | AsteriskSource
+    | LocalSource
+    | HFSource
+    | OpenSLRSource
+    | CommonVoiceSource
+    | L2ArcticSource
+)
 
 
 @dataclass(frozen=True)
@@ -129,6 +181,9 @@ class PrepareConfig:
     noise_files: dict[str, str] = field(
         default_factory=dict, metadata={typed.MUST_EXIST: True}
     )  # extra noise recordings by name: a file, or a folder whose audio files are concatenated
+    # noise banks downloaded on first use, by name (e.g. MUSAN's noise recordings from OpenSLR):
+    # each noisy copy draws one recording of the bank, and regions split the bank by recording
+    noise_sources: dict[str, OpenSLRSource] = field(default_factory=dict)
     sonic_pi_dir: str = "/usr/share/sonic-pi/samples"
     sets: tuple[SetConfig, ...] = ()
 
@@ -366,6 +421,12 @@ def _check(recipe: Recipe) -> None:
     if prep.min_duration_s >= prep.max_duration_s:
         raise RecipeError("prepare.min_duration_s: must be below prepare.max_duration_s")
     for i, s in enumerate(prep.sets):
+        keep = getattr(s.source, "keep", None)
+        for key in ("speaker_range", "utterance_range"):
+            lo, hi = getattr(keep, key) if keep else (0.0, 1.0)
+            if not 0.0 <= lo < hi <= 1.0:
+                where = f"prepare.sets[{i}].source.keep.{key}"
+                raise RecipeError(f"{where}: need 0 <= start < end <= 1")
         blocks = [("noise", s.noise)]
         if isinstance(s.source, SynthSource):
             blocks += [(f"source.parts[{j}].noise", p.noise) for j, p in enumerate(s.source.parts)]

@@ -14,6 +14,7 @@ resumes where it stopped and ends with the same manifests as an uninterrupted on
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import Counter
@@ -25,8 +26,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from pipeline import __version__, manifest
-from pipeline.config import Recipe, SetConfig
-from pipeline.corpora import asterisk, hf, local, noise, openslr, synth
+from pipeline.config import OpenSLRSource, Recipe, SetConfig
+from pipeline.corpora import asterisk, commonvoice, hf, l2arctic, local, noise, openslr, synth
 from pipeline.corpora.base import (
     Candidate,
     Limits,
@@ -35,6 +36,7 @@ from pipeline.corpora.base import (
     audio_file_name,
     ingest,
 )
+from pipeline.errors import UserError
 from pipeline.fsio import fingerprint, read_json, write_json, write_text
 from pipeline.typed import to_dict
 
@@ -46,6 +48,8 @@ SOURCES: dict[str, Callable[..., Iterable[Candidate | Reject]]] = {
     "local": local.candidates,
     "hf": hf.candidates,
     "openslr": openslr.candidates,
+    "commonvoice": commonvoice.candidates,
+    "l2arctic": l2arctic.candidates,
 }
 
 
@@ -73,7 +77,7 @@ def run(recipe: Recipe) -> pd.DataFrame:
 # Sources that read files on this machine: their files are part of the set's fingerprint,
 # so an edited transcript or replaced recording rebuilds the set. The others are pinned by
 # their config (grammar and voices, dataset revision, archive checksum).
-FILE_SOURCES = ("local", "asterisk")
+FILE_SOURCES = ("local", "asterisk", "commonvoice", "l2arctic")
 
 
 def set_fingerprint(recipe: Recipe, set_cfg: SetConfig, items: list | None = None) -> str:
@@ -122,6 +126,7 @@ def prepare_set(recipe: Recipe, set_cfg: SetConfig) -> tuple[pd.DataFrame, dict[
         clean.append(result)
 
     noise_of = {c.id: c.noise or set_cfg.noise for c in cands}
+    banks = noise_banks(recipe, {t for cfg in noise_of.values() if cfg for t in cfg.types})
     groups: dict[int, list[dict]] = {}  # babble talkers come from rows with the same noise block
     for row in clean:
         groups.setdefault(id(noise_of[row["id"]]), []).append(row)
@@ -133,7 +138,7 @@ def prepare_set(recipe: Recipe, set_cfg: SetConfig) -> tuple[pd.DataFrame, dict[
         if cfg is not None and cfg.types:
             others = groups[id(cfg)]
             for job in noise.plan(
-                row, cfg, prep, recipe.seed, set_cfg.name, others, audio_dir / "noisy"
+                row, cfg, prep, recipe.seed, set_cfg.name, others, audio_dir / "noisy", banks
             ):
                 noisy_jobs.append((row, job))
     results = _map(
@@ -175,6 +180,27 @@ def prepare_set(recipe: Recipe, set_cfg: SetConfig) -> tuple[pd.DataFrame, dict[
     if converted:
         log.info("set %s: converted on the way in: %s", set_cfg.name, dict(converted))
     return manifest.read(out), dict(reasons)
+
+
+def noise_banks(recipe: Recipe, names: set[str]) -> dict[str, tuple[str, ...]]:
+    """The recordings of each noise source among ``names``, fetched on first use."""
+    sources = recipe.prepare.noise_sources
+    banks = {}
+    for name in sorted(names & sources.keys()):
+        if name in recipe.prepare.noise_files:
+            raise UserError(f"prepare.noise_sources.{name}: also a key of prepare.noise_files")
+        banks[name] = _bank(name, sources[name], recipe.root / "noise_sources" / name)
+    return banks
+
+
+@functools.lru_cache(maxsize=8)
+def _bank(name: str, cfg: OpenSLRSource, work_dir: Path) -> tuple[str, ...]:
+    ctx = SourceContext(0, f"noise_sources.{name}", "noise", work_dir)
+    files = tuple(c.path for c in openslr.candidates(cfg, ctx) if isinstance(c, Candidate))
+    if not files:
+        raise UserError(f"prepare.noise_sources.{name}: no recordings in {cfg.url}")
+    log.info("noise %s: %d recordings from %s", name, len(files), cfg.url)
+    return files
 
 
 def _unique(items: Iterable[Candidate | Reject]) -> tuple[list[Candidate], list[Reject]]:

@@ -137,6 +137,6 @@ def test_cli_reports_user_errors_in_one_line(write_recipe):
     lines = done.stderr.strip().splitlines()
     assert lines == [
         "rsft prepare: error: prepare.colour: unknown key (known keys: "
-        "max_duration_s, min_duration_s, noise_files, noise_regions, sample_rate, "
-        "sets, sonic_pi_dir, workers)"
+        "max_duration_s, min_duration_s, noise_files, noise_regions, noise_sources, "
+        "sample_rate, sets, sonic_pi_dir, workers)"
     ]

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from pipeline.config import HFSource
+from pipeline.config import HFSource, Keep
 from pipeline.corpora import hf
 from pipeline.corpora.base import Candidate, Reject, SourceContext, take
 from pipeline.errors import UserError
@@ -91,6 +91,18 @@ def test_column_mapping(parquet_file, ctx):
         ("ss-0930", "reader1", "en-us"),  # an empty accent falls back to the default
         ("ss-0890", "reader2", "en-gb"),
     ]
+
+
+def test_keep_takes_accents_and_speakers_before_the_limit(parquet_file, ctx):
+    mapped = dict(speaker_column="spk", accent_column="acc", id_column="uid", accent="en-us")
+    cands, _ = run(ctx, parquet_file, keep=Keep(accents=("EN-GB",)), limit=1, **mapped)
+    assert [c.id for c in cands] == ["ss-0880"]
+    cands, _ = run(ctx, parquet_file, keep=Keep(accents=("en-gb",)), **mapped)
+    assert [c.id for c in cands] == ["ss-0880", "ss-0890"]
+    cands, _ = run(ctx, parquet_file, keep=Keep(accents=("en-us",)), streaming=True, **mapped)
+    assert [c.id for c in cands] == ["ss-0930"]  # the default accent counts
+    cands, _ = run(ctx, parquet_file, keep=Keep(speakers=("reader2",)), **mapped)
+    assert [c.id for c in cands] == ["ss-0890"]
 
 
 def test_streaming_with_limit_reads_lazily(parquet_file, ctx):

@@ -94,3 +94,37 @@ def test_pink_noise_falls_with_frequency():
     power = np.abs(np.fft.rfft(wave)) ** 2
     low, high = power[10:100].mean(), power[10_000:20_000].mean()
     assert low > 50 * high
+
+
+def test_noise_bank_regions_split_the_bank_by_recording(tmp_path, speech):
+    rng = np.random.default_rng(0)
+    bank = []
+    for folder, count in (("free-sound", 14), ("sound-bible", 6)):
+        (tmp_path / folder).mkdir()
+        for i in range(count):
+            bank.append(str(tmp_path / folder / f"noise-{folder}-{i:04d}.wav"))
+            sf.write(bank[-1], 0.1 * rng.standard_normal(8000), 16000)
+    bank = tuple(bank)
+    shares = {r: noise.bank_share(bank, PREP.noise_regions[r]) for r in ("train", "dev", "test")}
+    assert [len(s) for s in shares.values()] == [12, 2, 6]
+    assert set().union(*shares.values()) == set(bank)  # disjoint, and the whole bank
+    assert {"free-sound", "sound-bible"} <= {f.split("/")[-2] for f in shares["test"]}
+
+    rows = clean_rows(tmp_path, speech, n=20)
+    banks = {"musan": bank}
+    for region in ("train", "test"):
+        cfg = NoiseConfig(types=("musan",), snr_db=(5, 0), region=region)
+        jobs = [
+            job
+            for row in rows
+            for job in noise.plan(row, cfg, PREP, 0, "s", rows, tmp_path / "noisy", banks)
+        ]
+        used = {job.recording for job in jobs}
+        assert all(len(r) == 1 and r[0] in shares[region] for r in used) and len(used) > 3
+        assert {job.region for job in jobs} == {(0.0, 1.0)}  # the whole recording
+    made = noise.make(jobs[0])
+    assert made["noise"] == "musan" and sf.info(made["audio_path"]).duration > 1
+
+    cfg = NoiseConfig(types=("musan",), snr_db=(0,), region="dev")
+    with pytest.raises(UserError, match="region 'dev' gets none of the bank's 3 recordings"):
+        noise.plan(rows[0], cfg, PREP, 0, "s", rows, tmp_path, {"musan": bank[:3]})

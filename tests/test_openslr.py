@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import io
 import pickle
@@ -18,7 +19,7 @@ import pytest
 import soundfile as sf
 import soxr
 
-from pipeline.config import OpenSLRSource
+from pipeline.config import Keep, OpenSLRSource
 from pipeline.corpora import openslr
 from pipeline.corpora.base import Candidate, Limits, Reject, SourceContext, ingest
 from pipeline.errors import UserError
@@ -265,6 +266,38 @@ def test_file_url(served, tmp_path):
     archive = served / "musan-mini.tar.gz"
     cfg = _cfg(archive.as_uri(), served, "musan", subset="music")
     assert [e.id for e in openslr.candidates(cfg, _ctx(tmp_path))] == ["musan-music-music-fma-0000"]
+
+
+def test_keep_selects_speakers_before_the_limit(server, served, tmp_path):
+    url = _url(server, "librispeech-mini.tar.gz")
+    cfg = _cfg(url, served, keep=Keep(speakers=("19", "61")), limit=2)
+    out = list(openslr.candidates(cfg, _ctx(tmp_path)))
+    # speaker 19's missing recording is still reported; speaker 84 is not this set's
+    assert [(e.id, type(e).__name__) for e in out] == [
+        ("19-198-0000", "Candidate"),
+        ("19-198-0001", "Candidate"),
+    ]
+    cfg = _cfg(url, served, keep=Keep(speakers=("19",)))
+    assert [e.id for e in openslr.candidates(cfg, _ctx(tmp_path))] == [
+        "19-198-0000",
+        "19-198-0001",
+        "19-198-0002",
+    ]
+
+
+def test_known_md5_for_archives_published_without_sha256(server, served, tmp_path, monkeypatch):
+    musan = "https://www.openslr.org/resources/17/musan.tar.gz"
+    assert openslr.KNOWN_MD5[musan] == "0c472d4fc0c5141eca47ad1ffeb2a7df"
+    url = _url(server, "musan-mini.tar.gz")
+    md5 = hashlib.md5((served / "musan-mini.tar.gz").read_bytes()).hexdigest()
+    monkeypatch.setitem(openslr.KNOWN_MD5, url, md5)
+    cfg = _cfg(url, served, "musan", sha256=None, subset="noise")
+    assert len(list(openslr.candidates(cfg, _ctx(tmp_path / "a")))) == 3
+    assert (tmp_path / "a" / "extracted.done").read_text().strip() == f"md5:{md5}"
+    monkeypatch.setitem(openslr.KNOWN_MD5, url, "0" * 32)
+    with pytest.raises(UserError, match=f"expected md5 {'0' * 32}, got {md5}$"):
+        list(openslr.candidates(cfg, _ctx(tmp_path / "b")))
+    assert list((tmp_path / "b" / "downloads").iterdir()) == []
 
 
 # --- download: checksums, reruns, resume ------------------------------------------------------

@@ -8,6 +8,7 @@ when it already is 16 kHz mono FLAC/WAV.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +17,14 @@ import numpy as np
 import soundfile as sf
 
 from pipeline import audio
+from pipeline.config import Keep
 from pipeline.fsio import stable_seed
 from pipeline.manifest import CLEAN
+
+# NIST STM's marker for a stretch left out of scoring (EdAcc and TED-LIUM keep it as a segment)
+IGNORE_MARKER = "IGNORE_TIME_SEGMENT_IN_SCORING"
+_TAG = re.compile(r"<[^<>]*>|\[[^\[\]]*\]")  # <laugh>, [noise]: events, not words
+_BUCKETS = 16**15  # stable_seed gives 60 bits
 
 
 @dataclass(frozen=True)
@@ -81,7 +88,31 @@ def check_text(text: str | None) -> str | None:
     """The reject reason for a transcript, or None if it is usable."""
     if text is None or not str(text).strip():
         return "empty transcript"
+    if str(text).strip().upper() == IGNORE_MARKER:
+        return f"segment excluded from scoring ({IGNORE_MARKER})"
+    if not _TAG.sub(" ", str(text)).strip():
+        return "no words: only non-speech tags"
     return None
+
+
+def bucket(*parts: object) -> float:
+    """A fixed position in [0, 1) for a speaker or an utterance, the same in every run."""
+    return stable_seed(*parts) / _BUCKETS
+
+
+def kept(rule: Keep | None, uid: str, speaker: str, accent: str) -> bool:
+    """Whether a set with ``rule`` takes this utterance (sources ask before building it)."""
+    if rule is None:
+        return True
+    if rule.accents and accent.casefold() not in {a.casefold() for a in rule.accents}:
+        return False
+    if rule.speakers and speaker not in rule.speakers:
+        return False
+    lo, hi = rule.speaker_range
+    if (lo, hi) != (0.0, 1.0) and not lo <= bucket("speaker", speaker) < hi:
+        return False
+    lo, hi = rule.utterance_range
+    return (lo, hi) == (0.0, 1.0) or lo <= bucket("utterance", uid) < hi
 
 
 def ingest(cand: Candidate, out_path: Path, limits: Limits) -> dict | Reject:

@@ -22,7 +22,7 @@ import soundfile as sf
 
 from pipeline import audio
 from pipeline.config import HFSource
-from pipeline.corpora.base import Candidate, Reject, SourceContext, check_text, take
+from pipeline.corpora.base import Candidate, Reject, SourceContext, check_text, kept, take
 from pipeline.errors import UserError
 
 SOURCE = "hf"
@@ -36,8 +36,9 @@ Entry = Candidate | Reject
 def candidates(cfg: HFSource, ctx: SourceContext) -> Iterator[Entry]:
     """Yield a Candidate or a Reject for each example, in dataset order.
 
-    ``cfg.limit`` stops after that many Candidates (the Rejects met on the way are still
-    yielded); nothing after them is read, which is what makes a limited stream cheap.
+    ``cfg.keep`` drops the examples the set does not take (before they count); ``cfg.limit``
+    stops after that many Candidates (the Rejects met on the way are still yielded); nothing
+    after them is read, which is what makes a limited stream cheap.
     """
     ds, base = load(cfg, ctx)
     columns = _columns(ds)
@@ -60,11 +61,16 @@ def _entries(examples: Iterable[dict], cfg: HFSource, base: Path | None) -> Iter
     for index, example in enumerate(examples):
         utt = _text(example.get(cfg.id_column)) if cfg.id_column else ""
         utt = utt or f"{index:07d}"
+        speaker = _text(example.get(cfg.speaker_column)) if cfg.speaker_column else ""
+        accent = _text(example.get(cfg.accent_column)) if cfg.accent_column else ""
+        speaker, accent = speaker or "unknown", accent or cfg.accent
+        if not kept(cfg.keep, utt, speaker, accent):
+            continue
         if utt in seen:
             yield Reject(utt, "duplicate id", SOURCE)
             continue
         seen.add(utt)
-        yield _entry(utt, example, cfg, base)
+        yield _entry(utt, example, cfg, base, speaker, accent)
 
 
 def load(cfg: HFSource, ctx: SourceContext) -> tuple[Any, Path | None]:
@@ -148,7 +154,9 @@ def _undecoded(ds: Any, column: str) -> Any:
     return ds
 
 
-def _entry(utt: str, example: dict, cfg: HFSource, base: Path | None) -> Entry:
+def _entry(
+    utt: str, example: dict, cfg: HFSource, base: Path | None, speaker: str, accent: str
+) -> Entry:
     if cfg.audio_column not in example:  # only possible for a schema-less stream
         return Reject(utt, f"no column {cfg.audio_column!r} in this example", SOURCE)
     text = example.get(cfg.text_column)
@@ -158,13 +166,11 @@ def _entry(utt: str, example: dict, cfg: HFSource, base: Path | None) -> Entry:
     if isinstance(found, str):
         return Reject(utt, found, SOURCE)
     spec, load, path = found
-    speaker = _text(example.get(cfg.speaker_column)) if cfg.speaker_column else ""
-    accent = _text(example.get(cfg.accent_column)) if cfg.accent_column else ""
     return Candidate(
         id=utt,
         text=str(text).strip(),
-        speaker=speaker or "unknown",
-        accent=accent or cfg.accent,
+        speaker=speaker,
+        accent=accent,
         source=SOURCE,
         spec=spec,
         load=load,

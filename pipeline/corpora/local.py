@@ -18,7 +18,7 @@ import pandas as pd
 
 from pipeline import audio
 from pipeline.config import LocalSource
-from pipeline.corpora.base import Candidate, Reject, SourceContext, check_text, take
+from pipeline.corpora.base import Candidate, Reject, SourceContext, check_text, kept, take
 from pipeline.errors import UserError
 
 SOURCE = "local"
@@ -41,7 +41,7 @@ def candidates(cfg: LocalSource, ctx: SourceContext) -> Iterator[Entry]:
     """
     del ctx  # local files need no work folder
     root = Path(cfg.path).expanduser()
-    entries = _kaldi(root, cfg.accent) if cfg.format == "kaldi" else _table(root, cfg)
+    entries = _kaldi(root, cfg) if cfg.format == "kaldi" else _table(root, cfg)
     yield from take(entries, cfg.limit)
 
 
@@ -69,7 +69,8 @@ def find_table(root: Path, transcript: str | None) -> Path:
     return tables[0]
 
 
-def _read_table(table: Path) -> pd.DataFrame:
+def read_table(table: Path) -> pd.DataFrame:
+    """A TSV (unquoted, as Common Voice writes it) or CSV table, every cell a string."""
     tsv = table.suffix.lower() != ".csv"
     try:
         return pd.read_csv(
@@ -101,7 +102,7 @@ def _column(frame: pd.DataFrame, table: Path, names: tuple[str, ...], required: 
 
 def _table(root: Path, cfg: LocalSource) -> Iterator[Entry]:
     table = find_table(root, cfg.transcript)
-    frame = _read_table(table)
+    frame = read_table(table)
     audio_col = _column(frame, table, AUDIO_COLUMNS, required=True)
     text_col = _column(frame, table, TEXT_COLUMNS, required=True)
     id_col = _column(frame, table, ("id",), required=False)
@@ -114,6 +115,10 @@ def _table(root: Path, cfg: LocalSource) -> Iterator[Entry]:
     for row, (utt, rel) in enumerate(zip(ids, rel_paths, strict=True)):
         line = row + 2  # 1-based, after the header: what an editor shows
         utt = utt or f"row{line}"
+        speaker = _value(frame, speaker_col, row) or "unknown"
+        accent = _value(frame, accent_col, row) or cfg.accent
+        if not kept(cfg.keep, utt, speaker, accent):
+            continue
         if utt in first_row:
             yield Reject(utt, f"duplicate id: first on line {first_row[utt]}", SOURCE)
             continue
@@ -123,8 +128,6 @@ def _table(root: Path, cfg: LocalSource) -> Iterator[Entry]:
         if reason:
             yield Reject(utt, reason, SOURCE)
             continue
-        speaker = _value(frame, speaker_col, row) or "unknown"
-        accent = _value(frame, accent_col, row) or cfg.accent
         yield _file_candidate(utt, text.strip(), speaker, accent, (table.parent,), rel)
 
 
@@ -147,7 +150,7 @@ def _value(frame: pd.DataFrame, column: str | None, row: int) -> str:
 # ---------------------------------------------------------------- Kaldi data directories
 
 
-def _kaldi(root: Path, default_accent: str) -> Iterator[Entry]:
+def _kaldi(root: Path, cfg: LocalSource) -> Iterator[Entry]:
     if not root.is_dir():
         raise UserError(f"Kaldi data directory not found: {root}")
     for required in ("wav.scp", "text"):
@@ -161,6 +164,10 @@ def _kaldi(root: Path, default_accent: str) -> Iterator[Entry]:
     speakers = _kaldi_map(root / "utt2spk")[0]
     accents = _kaldi_map(root / "utt2accent")[0]
     for utt in sorted(wavs.keys() | texts.keys()):
+        speaker = speakers.get(utt) or "unknown"
+        accent = accents.get(utt) or cfg.accent
+        if not kept(cfg.keep, utt, speaker, accent):
+            continue
         if utt in dupes or utt in text_dupes:
             yield Reject(utt, "duplicate utterance id in wav.scp or text", SOURCE)
         elif utt not in wavs:
@@ -172,8 +179,6 @@ def _kaldi(root: Path, default_accent: str) -> Iterator[Entry]:
         elif reason := check_text(texts[utt]):
             yield Reject(utt, reason, SOURCE)
         else:
-            speaker = speakers.get(utt) or "unknown"
-            accent = accents.get(utt) or default_accent
             # Kaldi tools resolve relative paths from the recipe folder (the one holding
             # data/<set>), so try that after the data directory itself
             bases = (root, root.resolve().parent.parent)

@@ -1,8 +1,10 @@
 """Noisy copies: real recordings, babble of other utterances, white and pink noise.
 
 Every recording is cut into regions (e.g. the first 60% for training sets, the last 30% for
-test sets) so that test noise is never heard in training. A noisy copy is fully described by
-a ``NoisyJob``: the same job always gives the same audio, whichever process runs it.
+test sets) so that test noise is never heard in training. A noise *bank* (many recordings, such
+as MUSAN's noise part) is split by recording instead: each region owns a fixed share of the
+bank's files and each noisy copy draws one of them. A noisy copy is fully described by a
+``NoisyJob``: the same job always gives the same audio, whichever process runs it.
 """
 
 from __future__ import annotations
@@ -61,6 +63,16 @@ def recording_files(name: str, prep: PrepareConfig) -> tuple[str, ...]:
     return (str(path),)
 
 
+def bank_share(files: tuple[str, ...], region: tuple[float, float]) -> tuple[str, ...]:
+    """The recordings of a bank that a region may use: a fixed share of its files.
+
+    Files are ordered by a hash of their names, so every share mixes the bank's folders.
+    """
+    order = sorted(files, key=lambda f: (stable_seed("noise bank", Path(f).name), f))
+    lo, hi = (round(f * len(order)) for f in region)
+    return tuple(order[lo:hi])
+
+
 def plan(
     row: dict,
     cfg: NoiseConfig,
@@ -69,8 +81,12 @@ def plan(
     set_name: str,
     others: list[dict],
     out_dir: Path,
+    banks: dict[str, tuple[str, ...]] | None = None,
 ) -> list[NoisyJob]:
-    """The noisy copies of one clean row, drawn with an RNG of its own (order-independent)."""
+    """The noisy copies of one clean row, drawn with an RNG of its own (order-independent).
+
+    ``banks`` holds the recordings of the noise banks (``prepare.noise_sources``) by name.
+    """
     rng = np.random.default_rng(stable_seed(seed, set_name, row["id"], "noise"))
     if cfg.per_utterance == "one":
         conditions = [
@@ -83,15 +99,24 @@ def plan(
         job_seed = int(rng.integers(2**62))
         recording: tuple[str, ...] = ()
         babble: tuple[str, ...] = ()
+        region = tuple(prep.noise_regions[cfg.region])
         if noise == BABBLE:
             babble = _talkers(row, others, cfg.babble_talkers, rng)
+        elif banks and noise in banks:
+            share = bank_share(banks[noise], region)
+            if not share:
+                raise UserError(
+                    f"noise {noise!r}: region {cfg.region!r} gets none of the bank's "
+                    f"{len(banks[noise])} recordings; the bank is too small"
+                )
+            recording, region = (share[int(rng.integers(len(share)))],), (0.0, 1.0)
         elif noise not in GENERATED:
             recording = recording_files(noise, prep)
         uid = f"{row['id']}_{noise}_{snr:g}dB"
         # file names (which carry their own spec hash), not folders: the same audio gets the
         # same name under any data root
         names = [Path(p).name for p in (row["audio_path"], *recording, *babble)]
-        spec = (names, noise, snr, job_seed, prep.noise_regions[cfg.region])
+        spec = (names, noise, snr, job_seed, region)
         name = audio_file_name(uid, spec)
         jobs.append(
             NoisyJob(
@@ -102,7 +127,7 @@ def plan(
                 float(snr),
                 job_seed,
                 recording,
-                tuple(prep.noise_regions[cfg.region]),
+                region,
                 babble,
             )
         )

@@ -1,0 +1,238 @@
+"""Archives from the web: resumable, checksum-verified downloads and safe extraction.
+
+A download continues a ``.part`` file left by an interrupted run (HTTP Range) and is kept only
+if its checksum matches. Extraction checks every member first (no absolute paths, no ``..``
+escapes, no links leading outside, no devices) and renames a finished temporary folder into
+place, with ``<dest>.done`` recording the archive's checksum so a rerun does nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import shutil
+import tarfile
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pipeline.errors import UserError
+from pipeline.fsio import file_sha256, write_text
+
+CHUNK_BYTES = 1 << 20  # 1 MiB per read while downloading
+TIMEOUT_S = 60.0  # per socket operation, not for the whole download
+MAX_LINK_HOPS = 40  # symlinks followed while checking one archive path (as the kernel does)
+
+
+# --- download ---------------------------------------------------------------------------------
+
+
+def download(url: str, dest_dir: Path, checksum: str) -> Path:
+    """Fetch ``url`` into ``dest_dir`` unless a verified copy is there; return the file.
+
+    A ``.part`` file left by an interrupted run is continued with an HTTP Range request.
+    Raises UserError if the bytes do not match ``checksum`` (a sha256 hex digest, or
+    ``md5:<hex>`` for archives published with an md5 only); the download is deleted.
+    """
+    parsed = urllib.parse.urlparse(url)
+    name = Path(urllib.parse.unquote(parsed.path)).name
+    if parsed.scheme not in ("http", "https", "file") or not name:
+        raise UserError(f"openslr url must be http, https or file and name a file: {url}")
+    final = dest_dir / name
+    if final.exists():
+        if _digest(final, checksum) == checksum:
+            return final
+        final.unlink()  # stale or corrupt: fetch again
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    part = final.with_name(final.name + ".part")
+    for _attempt in range(2):
+        resumed = _fetch(url, part)
+        got = _digest(part, checksum)
+        if got == checksum:
+            os.replace(part, final)
+            return final
+        part.unlink()
+        if not resumed:  # a resumed file may have been a bad prefix: try once from zero
+            break
+    algorithm, want = (
+        checksum.split(":", 1) if checksum.startswith("md5:") else ("sha256", checksum)
+    )
+    raise UserError(
+        f"checksum mismatch for {url}: expected {algorithm} {want}, got {got.split(':')[-1]}"
+    )
+
+
+def _digest(path: Path, like: str) -> str:
+    """``path``'s digest, in the form of the checksum ``like`` (sha256 hex or ``md5:<hex>``)."""
+    if not like.startswith("md5:"):
+        return file_sha256(path)
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as fh:
+        while block := fh.read(CHUNK_BYTES):
+            digest.update(block)
+    return f"md5:{digest.hexdigest()}"
+
+
+def _fetch(url: str, part: Path) -> bool:
+    """Append the rest of ``url`` to ``part``; return whether an earlier prefix was kept."""
+    offset = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"User-Agent": "rsft"})
+    if offset:
+        request.add_header("Range", f"bytes={offset}-")
+    try:
+        response = urllib.request.urlopen(request, timeout=TIMEOUT_S)
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and offset:  # nothing left to send: the checksum decides
+            return True
+        raise UserError(f"download failed: {url}: HTTP {err.code} {err.reason}") from None
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise UserError(f"download failed: {url}: {reason}") from None
+    with response:
+        if offset and getattr(response, "status", None) != 206:
+            offset = 0  # the server (or a file: URL) ignored the range: start over
+        length = response.headers.get("Content-Length")
+        total = offset + int(length) if length and length.isdigit() else None
+        # disable=None: no bar when stderr is not a terminal (logs, CI)
+        bar = tqdm(
+            total=total, initial=offset, unit="B", unit_scale=True, desc=part.stem, disable=None
+        )
+        try:
+            with bar, open(part, "ab" if offset else "wb") as fh:
+                while block := response.read(CHUNK_BYTES):
+                    fh.write(block)
+                    bar.update(len(block))
+        except (OSError, http.client.HTTPException) as err:
+            raise UserError(f"download interrupted: {url}: {err}; rerun to resume") from None
+    return offset > 0
+
+
+# --- safe extraction --------------------------------------------------------------------------
+
+
+def is_extracted(dest: Path, checksum: str) -> bool:
+    """Whether ``dest`` holds a finished extraction of the archive with ``checksum``."""
+    stamp = _stamp(dest)
+    return dest.is_dir() and stamp.exists() and stamp.read_text().strip() == checksum
+
+
+def _stamp(dest: Path) -> Path:
+    return dest.with_name(dest.name + ".done")
+
+
+def extract(archive: Path, dest: Path, checksum: str) -> Path:
+    """Extract a tar (plain, gz, bz2, xz) or zip archive to ``dest`` after checking every member.
+
+    Raises UserError, writing nothing, if any member is absolute, escapes ``dest`` (via ``..``
+    or through a link), is a link pointing outside, or is a device or fifo. The archive goes to
+    a temporary folder that is renamed to ``dest`` once complete, then ``dest.done`` records
+    ``checksum``; a later call with the same checksum does nothing.
+    """
+    if is_extracted(dest, checksum):
+        return dest
+    try:
+        with _open_archive(archive) as handle:
+            if isinstance(handle, tarfile.TarFile):
+                _check_tar(handle, archive.name)
+                # the data filter is a second guard, where this Python has it
+                options = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            else:
+                for info in handle.infolist():
+                    _check_member(info.filename, {}, archive.name)
+                options = {}
+            tmp = _fresh_tmp(dest)
+            try:
+                handle.extractall(tmp, **options)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as err:
+        raise UserError(f"cannot extract {archive}: {err}") from None
+    # the stamp goes first and comes back last, so any interruption means "extract again"
+    _stamp(dest).unlink(missing_ok=True)
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
+    write_text(_stamp(dest), checksum + "\n")
+    return dest
+
+
+def _open_archive(archive: Path) -> tarfile.TarFile | zipfile.ZipFile:
+    if tarfile.is_tarfile(archive):
+        return tarfile.open(archive, "r:*")
+    if zipfile.is_zipfile(archive):
+        return zipfile.ZipFile(archive)
+    raise UserError(f"{archive}: not a tar or zip archive")
+
+
+def _fresh_tmp(dest: Path) -> Path:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    for stale in dest.parent.glob(f".{dest.name}-*"):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+
+
+def _check_tar(tar: tarfile.TarFile, archive_name: str) -> None:
+    members = tar.getmembers()
+    links = {_key(m.name): m.linkname for m in members if m.issym()}
+    for member in members:
+        if member.ischr() or member.isblk() or member.isfifo():
+            _refuse(archive_name, member.name, "is a device or fifo")
+        if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+            _refuse(archive_name, member.name, "has an unsupported type")
+        # resolving a symlink's own path follows it, so this also checks where it points
+        _check_member(member.name, links, archive_name)
+        if member.islnk():  # hard-link targets are named from the archive root
+            _check_member(member.linkname, links, archive_name, member.name)
+
+
+def _check_member(path: str, links: dict[str, str], archive_name: str, member: str = "") -> None:
+    """Refuse ``path`` unless it stays inside the destination; ``member`` names its owner."""
+    prefix = f"links to {path!r}, which " if member else ""
+    if path.startswith(("/", "\\")) or (path[1:2] == ":" and path[:1].isalpha()):
+        _refuse(archive_name, member or path, prefix + "is an absolute path")
+    if _resolve(path, links) is None:
+        _refuse(archive_name, member or path, prefix + "leads outside the destination")
+
+
+def _resolve(name: str, links: dict[str, str]) -> list[str] | None:
+    """Where ``name`` lands inside the archive's tree, following its symlinks; None if outside.
+
+    Done on path components rather than with ``os.path.normpath``: ``a/link/..`` leaves the
+    tree when ``link`` points upwards, although it looks harmless as text.
+    """
+    pending = name.replace("\\", "/").split("/")
+    out: list[str] = []
+    hops = 0
+    while pending:
+        part = pending.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not out:
+                return None
+            out.pop()
+            continue
+        out.append(part)
+        target = links.get("/".join(out))
+        if target is not None:
+            hops += 1
+            if hops > MAX_LINK_HOPS or target.startswith("/"):
+                return None
+            out.pop()  # the link's target is relative to the folder holding the link
+            pending = target.split("/") + pending
+    return out
+
+
+def _key(name: str) -> str:
+    return "/".join(part for part in name.split("/") if part not in ("", "."))
+
+
+def _refuse(archive_name: str, member: str, why: str) -> None:
+    raise UserError(f"unsafe archive {archive_name}: member {member!r} {why}; nothing extracted")
