@@ -33,7 +33,7 @@ def _select(args: argparse.Namespace) -> None:
 def _finetune(args: argparse.Namespace) -> None:
     from pipeline import finetune
 
-    finetune.run(load_recipe(args.recipe, args.set), args.subset, args.resume)
+    finetune.run(load_recipe(args.recipe, args.set), args.subset, args.resume, args.name)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
             stage.add_argument("--subset", help="select method to train on (default: the recipe's)")
             stage.add_argument(
                 "--resume", action="store_true", help="continue from the last checkpoint"
+            )
+            stage.add_argument(
+                "--name", help="run name: output in finetune/NAME (default: the subset's name)"
             )
         if name == "evaluate":
             stage.add_argument("--model", help="model to evaluate (default: the recipe's model)")

@@ -260,14 +260,29 @@ class FinetuneConfig:
     # 'full'; 'encoder_frozen' (Whisper: decoder and embeddings train; CTC: only the head);
     # 'decoder_only' (Whisper: decoder blocks only, embeddings and output projection frozen);
     # 'feature_encoder_frozen' (the convolutional front end frozen: wav2vec2's feature
-    # encoder, Whisper's two conv layers)
-    train: Literal["full", "encoder_frozen", "decoder_only", "feature_encoder_frozen"] = "full"
+    # encoder, Whisper's two conv layers); 'lora' (peft LoRA adapters on lora_modules, merged
+    # into the saved model so it loads with from_pretrained)
+    train: Literal["full", "encoder_frozen", "decoder_only", "feature_encoder_frozen", "lora"] = (
+        "full"
+    )
+    lora_rank: int = 16
+    lora_alpha: float = 32.0
+    lora_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
     # Whisper input layout for training: 'packed' puts several utterances (transcripts
     # concatenated) in each 30 s window, so the model sees what it was trained on at a fraction
     # of the cost of 'standard' (one utterance per 30 s); 'short' cuts the context to
     # model.context_s. CTC models ignore it.
     layout: Literal["standard", "short", "packed"] = "packed"
-    mixed_precision: Literal["no", "bf16"] = "no"  # bf16 autocast (CPU and recent GPUs)
+    # utterances are drawn batch_size at a time; with batch_seconds, instead, until their audio
+    # reaches that many seconds (a duration budget per batch, so packed windows come out full)
+    batch_seconds: float | None = None
+    # standard/short layouts: sort each run of 50 batches by duration (less padding)
+    group_by_length: bool = True
+    # Whisper labels: the manifest's text as it is ('raw': cased and punctuated, as Whisper
+    # writes) or the shared normaliser's form ('normalized': lower case, no punctuation)
+    labels: Literal["raw", "normalized"] = "raw"
+    # bf16 autocast (CPU and recent GPUs); fp16 with loss scaling (GPUs only)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     cpu: bool = False  # train on the CPU even when a GPU is present
     save_every: int = 50  # steps between checkpoints (accelerator.save_state)
     # dev-set validation: every eval_every optimizer steps (and at the last) the main process
@@ -279,7 +294,15 @@ class FinetuneConfig:
     patience: int = 0  # stop after this many evaluations without a new best (0: never stop)
     seed: int | None = None  # data order, initialisation of anything random; default: recipe seed
     max_bad_steps: int = 5  # stop after this many NaN/inf losses in a row
-    replay_fraction: float = 0.0  # share of each batch drawn from the pool (not implemented yet)
+    # forgetting control (measured in recipes/RESULTS.md):
+    replay_fraction: float = 0.0  # share of each batch drawn at random from the labelled pool
+    distill_weight: float = 0.0  # weight of KL(frozen pretrained || model) on output tokens
+    l2_weight: float = 0.0  # weight of the squared distance to the pretrained weights (L2-SP)
+    # a dev set of real speech watched during training: the saved model is the best on the
+    # first eval set among evaluations whose guard WER is within guard_tolerance (absolute)
+    # of the pretrained model's (evaluated at step 0); the guard set joins eval_sets
+    guard_set: str | None = None
+    guard_tolerance: float = 0.005
 
 
 @dataclass(frozen=True)
@@ -413,8 +436,17 @@ def _check(recipe: Recipe) -> None:
             raise RecipeError(f"finetune.{key}: must be 0 (off) or more")
     if ft.eval_limit is not None and ft.eval_limit < 1:
         raise RecipeError("finetune.eval_limit: must be at least 1, or null for every utterance")
-    if ft.replay_fraction != 0.0:
-        raise RecipeError("finetune.replay_fraction: replay is not implemented yet; use 0")
+    if not 0.0 <= ft.replay_fraction < 1.0:
+        raise RecipeError("finetune.replay_fraction: must be in [0, 1)")
+    for key in ("distill_weight", "l2_weight", "guard_tolerance"):
+        if getattr(ft, key) < 0:
+            raise RecipeError(f"finetune.{key}: must be 0 or more")
+    if ft.batch_seconds is not None and ft.batch_seconds <= 0:
+        raise RecipeError("finetune.batch_seconds: must be positive, or null to count utterances")
+    if ft.lora_rank < 1:
+        raise RecipeError("finetune.lora_rank: must be at least 1")
+    if ft.guard_set is not None and not ft.eval_every:
+        raise RecipeError("finetune.guard_set: needs finetune.eval_every > 0 (it is watched then)")
     for region, (lo, hi) in prep.noise_regions.items():
         if not 0.0 <= lo < hi <= 1.0:
             raise RecipeError(f"prepare.noise_regions.{region}: need 0 <= start < end <= 1")

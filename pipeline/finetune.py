@@ -1,62 +1,45 @@
 """Stage 4, finetune: train the recipe's model on one selected subset with Accelerate.
 
-Output, under ``<data_dir>/finetune/<subset>/``:
-  checkpoints/step-N/  accelerator.save_state every ``save_every`` steps, plus ``progress.json``
-                       (losses and dev curve so far, settings key) and ``best/`` (the best dev
-                       model so far); ``--resume`` continues from the last one
-  best/                while training with ``eval_every``: the best dev model so far
-  model/               save_pretrained model and processor (loads with ``from_pretrained``):
-                       the last step's, or with ``eval_every`` the best by the first dev set's WER
-  model_card.md        base model, recipe, subset fingerprint and size, steps, loss and dev curve
-  train_log.json       loss per step, bad steps, dev curve, processes, settings key
+Writes ``<data_dir>/finetune/<run>/`` (see ``pipeline.finetune_io``): checkpoints every
+``save_every`` steps (``--resume`` continues from the last), the best dev model, the saved
+model and processor, a model card, the training log and TensorBoard events.
 
 The loop has the shape of Accelerate's examples (``get_dataloaders``, ``training_function``)
 and runs unchanged under ``accelerate launch`` on several processes. Data order depends only
 on the seed and the step, so a killed run resumed from its checkpoint ends at the same weights.
+Forgetting control (replay, distillation, L2-SP, LoRA, a guard set) is in
+``pipeline.forgetting``, ``pipeline.batches`` and ``pipeline.validation``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import shutil
+import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from accelerate import Accelerator, skip_first_batches
 from accelerate.utils import broadcast_object_list, set_seed
-from torch.utils.data import BatchSampler, DataLoader
+from torch.utils.data import DataLoader
 from transformers import get_linear_schedule_with_warmup
 
-from pipeline import __version__, manifest, validation
-from pipeline.batches import Collator, EpochSampler, Utterances
+from pipeline import __version__, finetune_io, forgetting, manifest, validation
+from pipeline.batches import Collator, EpochBatches, Utterances
 from pipeline.config import FinetuneConfig, Recipe
 from pipeline.errors import UserError
 from pipeline.evaluate import MODELS_DIR
-from pipeline.fsio import file_sha256, fingerprint, read_json, write_json, write_text
+from pipeline.fsio import file_sha256, fingerprint, read_json
 from pipeline.models import loader
 from pipeline.models.base import SpeechModel
 from pipeline.typed import to_dict
 
 log = logging.getLogger(__name__)
 MEL_FRAMES_PER_S = 100  # Whisper's log-mel hop is 10 ms
-KEEP_CHECKPOINTS = 2  # older checkpoints are deleted: each holds the model and optimizer
-
-
-def compute_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean loss of a batch: token cross-entropy (Whisper) or CTC loss per frame (wav2vec2)."""
-    if "input_features" in batch:
-        logits = model(
-            input_features=batch["input_features"], decoder_input_ids=batch["decoder_input_ids"]
-        ).logits
-        return torch.nn.functional.cross_entropy(
-            logits.float().transpose(1, 2), batch["labels"], ignore_index=-100
-        )
-    return model(**batch).loss
+TRACKER_DIR = "tensorboard"  # Accelerate tracker run under finetune/<run>/
 
 
 def load_subset(recipe: Recipe, subset: str) -> tuple[pd.DataFrame, Path]:
@@ -72,19 +55,41 @@ def load_subset(recipe: Recipe, subset: str) -> tuple[pd.DataFrame, Path]:
     return frame, path
 
 
+def load_pool(recipe: Recipe) -> tuple[pd.DataFrame, Path]:
+    """The labelled pool the subset was selected from (the replay source)."""
+    path = recipe.root / "prepare" / "manifests" / f"{recipe.select.pool}.parquet"
+    if not path.exists():
+        raise UserError(f"finetune.replay_fraction: no pool manifest at {path} (run: rsft prepare)")
+    return manifest.read(path), path
+
+
 def get_dataloaders(
-    frame: pd.DataFrame, model: SpeechModel, cfg: FinetuneConfig, context_s: float, seed: int
-) -> tuple[DataLoader, EpochSampler]:
-    """The training loader (before ``accelerator.prepare``) and its seeded sampler."""
-    sampler = EpochSampler(len(frame), seed)
-    return (
-        DataLoader(
-            Utterances(frame),
-            batch_sampler=BatchSampler(sampler, cfg.batch_size, drop_last=False),
-            collate_fn=Collator(model, cfg.layout, context_s),
-        ),
-        sampler,
+    frame: pd.DataFrame,
+    pool: pd.DataFrame | None,
+    model: SpeechModel,
+    cfg: FinetuneConfig,
+    context_s: float,
+    seed: int,
+) -> tuple[DataLoader, EpochBatches]:
+    """The training loader (before ``accelerator.prepare``) and its seeded batch sampler."""
+    pool_s = pool["duration_s"].to_numpy() if pool is not None else ()
+    batches = EpochBatches(
+        frame["duration_s"].to_numpy(),
+        seed,
+        cfg.batch_size,
+        batch_seconds=cfg.batch_seconds,
+        replay_fraction=cfg.replay_fraction,
+        pool_durations_s=pool_s,
+        # a packed window holds utterances of any length: sorting would only pair them up
+        group_by_length=cfg.group_by_length and cfg.layout != "packed",
     )
+    frames = (frame,) if pool is None else (frame, pool)
+    loader = DataLoader(
+        Utterances(*frames),
+        batch_sampler=batches,
+        collate_fn=Collator(model, cfg.layout, context_s, cfg.labels),
+    )
+    return loader, batches
 
 
 def freeze(model: torch.nn.Module, train: str) -> None:
@@ -92,7 +97,7 @@ def freeze(model: torch.nn.Module, train: str) -> None:
     whisper = model.config.model_type == "whisper"
     if train == "decoder_only" and not whisper:
         raise UserError("finetune.train: 'decoder_only' needs Whisper; CTC models have no decoder")
-    if train == "full":
+    if train in ("full", "lora"):  # LoRA: forgetting.add_lora freezes the base itself
         return
     if whisper:
         core = model.model
@@ -110,23 +115,21 @@ def freeze(model: torch.nn.Module, train: str) -> None:
         module.requires_grad_(False)
 
 
-def last_checkpoint(folder: Path) -> Path | None:
-    """The checkpoint with the highest step, or None."""
-    steps = [p for p in folder.glob("step-*") if (p / "progress.json").exists()]
-    return max(steps, key=lambda p: int(p.name.split("-")[1]), default=None)
-
-
-def training_function(recipe: Recipe, subset: str, resume: bool, accelerator: Accelerator) -> dict:
+def training_function(
+    recipe: Recipe, subset: str, resume: bool, accelerator: Accelerator, name: str | None = None
+) -> dict:
     """Train and return the log; the main process writes the model, card and log."""
     cfg = recipe.finetune
     seed = recipe.seed if cfg.seed is None else cfg.seed
-    out = recipe.root / "finetune" / subset
+    name = name or subset
+    out = recipe.root / "finetune" / name
     frame, subset_path = load_subset(recipe, subset)
+    pool, pool_path = load_pool(recipe) if cfg.replay_fraction > 0 else (None, None)
     model_cfg = replace(recipe.model, layout=cfg.layout)
-    dev_paths = validation.manifest_paths(recipe.root, cfg.eval_sets) if cfg.eval_every else {}
-    dev_prints = [file_sha256(p) for p in dev_paths.values()]  # none when validation is off
+    dev_paths = validation.manifest_paths(recipe.root, eval_names(cfg)) if cfg.eval_every else {}
+    prints = [file_sha256(p) for p in [*dev_paths.values(), pool_path] if p is not None]
     key = fingerprint(
-        to_dict(cfg), to_dict(model_cfg), file_sha256(subset_path), __version__, *dev_prints
+        to_dict(cfg), to_dict(model_cfg), file_sha256(subset_path), __version__, *prints
     )
     main = accelerator.is_main_process
     done = out / "train_log.json"
@@ -134,7 +137,7 @@ def training_function(recipe: Recipe, subset: str, resume: bool, accelerator: Ac
         record = read_json(done)
         if record.get("key") == key:
             if main:
-                log.info("Stage 4: finetune %s: up to date (%s)", subset, out / "model")
+                log.info("Stage 4: finetune %s: up to date (%s)", name, out / "model")
             return record
     if main:
         log.info(
@@ -152,7 +155,10 @@ def training_function(recipe: Recipe, subset: str, resume: bool, accelerator: Ac
     set_seed(seed)
     model = wrapped.model.train()
     freeze(model, cfg.train)
-    train_loader, sampler = get_dataloaders(frame, wrapped, cfg, recipe.model.context_s, seed)
+    if cfg.train == "lora":
+        model = forgetting.add_lora(model, cfg)
+    anchor = forgetting.Anchor(model, cfg, accelerator.device)
+    train_loader, sampler = get_dataloaders(frame, pool, wrapped, cfg, recipe.model.context_s, seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     # stepped by hand once per optimizer step: Accelerate's wrapper would step it once per
@@ -160,17 +166,19 @@ def training_function(recipe: Recipe, subset: str, resume: bool, accelerator: Ac
     scheduler = get_linear_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     accelerator.register_for_checkpointing(scheduler)
+    accelerator.init_trackers(TRACKER_DIR, config=_hparams(to_dict(cfg)))
 
     step, losses, dev = 0, [], validation.fresh_state()
+    stats = {"speech_s": 0.0, "input_s": 0.0, "train_s": 0.0}
     checkpoints, best_dir = out / "checkpoints", out / "best"
-    found = last_checkpoint(checkpoints) if resume else None
+    found = finetune_io.last_checkpoint(checkpoints) if resume else None
     if found is not None:
         progress = read_json(found / "progress.json")
         if progress.get("key") != key:
             raise UserError(f"{found}: made with other settings or data; rerun without --resume")
         accelerator.load_state(str(found))
-        step, losses = progress["step"], progress["losses"]
-        dev = progress.get("dev", dev)
+        step, losses, dev = progress["step"], progress["losses"], progress["dev"]
+        stats = progress["stats"]
         if main:
             log.info("resumed from %s", found)
     elif resume and main:
@@ -182,47 +190,30 @@ def training_function(recipe: Recipe, subset: str, resume: bool, accelerator: Ac
         if dev["best"] is not None:
             shutil.copytree(found / "best", best_dir)
     accelerator.wait_for_everyone()
+    if step == 0 and cfg.guard_set:  # the guard's limit comes from the pretrained model
+        dev = _validate(accelerator, model, wrapped, dev_sets, dev, 0, best_dir, recipe)
 
-    per_epoch = len(train_loader)
-    batches = _batches(train_loader, sampler, step * cfg.grad_accum, per_epoch)
+    batches = _batches(train_loader, sampler, step * cfg.grad_accum)
     bad_in_row = 0
     while step < cfg.steps:
-        total, bad = 0.0, False
-        for micro in range(cfg.grad_accum):
-            batch = next(batches)
-            if not batch:
-                continue
-            # gradients are all-reduced on the last micro-batch only
-            sync = micro == cfg.grad_accum - 1
-            with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-                with _context(wrapped, batch):
-                    loss = compute_loss(model, batch)
-                # every process must agree before backward, or DDP waits for the one that skipped
-                broken = (~torch.isfinite(loss.detach())).float()
-                if accelerator.reduce(broken, "max").item() > 0 or bad:
-                    bad = True
-                    continue
-                accelerator.backward(loss)
-                total += loss.item() / cfg.grad_accum
-        if bad:
-            optimizer.zero_grad()  # the step is skipped; its slot in the schedule is used
-            bad_in_row += 1
-            losses.append(None)
-            if bad_in_row >= cfg.max_bad_steps:
-                raise UserError(
-                    f"finetune: loss was NaN or infinite at {bad_in_row} steps in a row (step "
-                    f"{step + 1}); lower finetune.lr or check the subset's audio and text"
-                )
-        else:
-            optimizer.step()
-            optimizer.zero_grad()
-            bad_in_row = 0
-            mean = accelerator.reduce(torch.tensor(total, device=accelerator.device), "mean")
-            losses.append(mean.item())
+        started = time.perf_counter()
+        try:
+            loss = _train_step(accelerator, model, wrapped, anchor, optimizer, batches, cfg, stats)
+        except torch.OutOfMemoryError:
+            raise UserError(_oom_hint(cfg, step + 1)) from None
+        stats["train_s"] += time.perf_counter() - started
+        losses.append(loss)
+        bad_in_row = bad_in_row + 1 if loss is None else 0
+        if bad_in_row >= cfg.max_bad_steps:
+            raise UserError(
+                f"finetune: loss was NaN or infinite at {bad_in_row} steps in a row (step "
+                f"{step + 1}); lower finetune.lr or check the subset's audio and text"
+            )
         scheduler.step()
         step += 1
+        accelerator.log({"train/loss": loss, "train/lr": scheduler.get_last_lr()[0]}, step=step)
         if main and (step % 10 == 0 or step == cfg.steps):
-            log.info("step %d/%d loss %s", step, cfg.steps, losses[-1])
+            log.info("step %d/%d loss %s", step, cfg.steps, loss)
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
             dev = _validate(accelerator, model, wrapped, dev_sets, dev, step, best_dir, recipe)
             if cfg.patience and validation.evaluations_since_best(dev) >= cfg.patience:
@@ -236,9 +227,13 @@ def training_function(recipe: Recipe, subset: str, resume: bool, accelerator: Ac
                     )
                 break
         if step % cfg.save_every == 0 and step < cfg.steps:
-            _save_checkpoint(accelerator, checkpoints, step, {"losses": losses, "dev": dev}, key)
+            progress = {"losses": losses, "dev": dev, "stats": stats}
+            finetune_io.save_checkpoint(accelerator, checkpoints, step, progress, key)
 
     accelerator.wait_for_everyone()
+    totals = accelerator.reduce(
+        torch.tensor([stats["speech_s"], stats["input_s"]], device=accelerator.device), "sum"
+    ).tolist()
     record = {
         "key": key,
         "steps": step,
@@ -246,6 +241,10 @@ def training_function(recipe: Recipe, subset: str, resume: bool, accelerator: Ac
         "bad_steps": sum(x is None for x in losses),
         "dev_curve": dev["curve"],
         "best": dev["best"],  # {step, wer} on the first eval set; None without validation
+        "guard": dev.get("guard"),  # {set, limit} with a guard set
+        "speech_seconds": totals[0],  # audio trained on, every process and epoch
+        "padding_fraction": 1.0 - totals[0] / totals[1] if totals[1] else 0.0,
+        "train_seconds": stats["train_s"],  # training steps only: no validation or saving
         "processes": accelerator.num_processes,
         "base_model": recipe.model.name,
         "subset": subset,
@@ -256,9 +255,77 @@ def training_function(recipe: Recipe, subset: str, resume: bool, accelerator: Ac
     }
     if main:
         best = best_dir if dev["best"] is not None else None
-        _write_outputs(out, accelerator.unwrap_model(model), wrapped.processor, record, best)
+        module = accelerator.unwrap_model(model)
+        finetune_io.write_outputs(out, module, wrapped.processor, record, best)
+        log.info(
+            "trained on %.0f s of audio in %.0f s (%.1f audio s/s), padding %.1f%%",
+            record["speech_seconds"],
+            record["train_seconds"],
+            record["speech_seconds"] / max(record["train_seconds"], 1e-9),
+            100 * record["padding_fraction"],
+        )
     accelerator.wait_for_everyone()
+    accelerator.end_training()  # closes the trackers and, last of all, the process group
     return record
+
+
+def eval_names(cfg: FinetuneConfig) -> list[str]:
+    """The dev sets to evaluate: eval_sets, then the guard set if it is not among them."""
+    names = list(cfg.eval_sets)
+    if cfg.guard_set and cfg.guard_set not in names:
+        names.append(cfg.guard_set)
+    return names
+
+
+def _train_step(accelerator, model, wrapped, anchor, optimizer, batches, cfg, stats):
+    """One optimizer step over ``grad_accum`` micro-batches; its mean loss, or None when a
+    loss was NaN or infinite on any process (the step is skipped, its slot in the schedule
+    used). Every process takes the same branches, or DDP would wait for the one that left."""
+    total, bad = 0.0, False
+    for micro in range(cfg.grad_accum):
+        batch = dict(next(batches))
+        speech_s, input_s = batch.pop("speech_s", 0.0), batch.pop("input_s", 0.0)
+        empty = torch.tensor(float(not batch), device=accelerator.device)
+        if accelerator.reduce(empty, "max").item() > 0 or bad:
+            continue  # unreadable audio somewhere: every process skips this micro-batch
+        stats["speech_s"] += float(speech_s)
+        stats["input_s"] += float(input_s)
+        # gradients are all-reduced on the last micro-batch only
+        sync = micro == cfg.grad_accum - 1
+        with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+            with _context(wrapped, batch), accelerator.autocast():
+                loss, logits, mask = forgetting.forward(model, batch)
+                if anchor.active:
+                    loss = loss + anchor.penalty(model, batch, logits, mask)
+            broken = (~torch.isfinite(loss.detach())).float()
+            if accelerator.reduce(broken, "max").item() > 0:
+                bad = True
+                continue
+            accelerator.backward(loss)
+            total += loss.item() / cfg.grad_accum
+    if bad:
+        optimizer.zero_grad()
+        return None
+    optimizer.step()
+    optimizer.zero_grad()
+    return accelerator.reduce(torch.tensor(total, device=accelerator.device), "mean").item()
+
+
+def _oom_hint(cfg: FinetuneConfig, step: int) -> str:
+    size = (
+        f"finetune.batch_seconds (now {cfg.batch_seconds})"
+        if cfg.batch_seconds
+        else f"finetune.batch_size (now {cfg.batch_size})"
+    )
+    return (
+        f"finetune: out of GPU memory at step {step}; lower {size} and raise finetune.grad_accum "
+        f"(now {cfg.grad_accum}) to keep the same batch, or set finetune.mixed_precision=bf16"
+    )
+
+
+def _hparams(cfg: dict) -> dict:
+    """The config as TensorBoard hparams take it: numbers, strings and booleans only."""
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in cfg.items()}
 
 
 def _context(wrapped: SpeechModel, batch: dict[str, torch.Tensor]):
@@ -268,11 +335,16 @@ def _context(wrapped: SpeechModel, batch: dict[str, torch.Tensor]):
     return wrapped.context(batch["input_features"].shape[-1] / MEL_FRAMES_PER_S)
 
 
-def _batches(train_loader, sampler: EpochSampler, start: int, per_epoch: int):
-    """Micro-batches forever from position ``start``: epoch after epoch, the same order."""
-    epoch, skip = divmod(start, per_epoch)
+def _batches(train_loader, sampler: EpochBatches, start: int):
+    """Micro-batches forever from position ``start``: epoch after epoch, the same order.
+
+    Epochs may differ in length (batches by duration), so they are counted one by one."""
+    epoch, skip = 0, start
     while True:
         sampler.use_epoch(epoch)
+        if skip >= len(train_loader):
+            epoch, skip = epoch + 1, skip - len(train_loader)
+            continue
         loader = skip_first_batches(train_loader, skip) if skip else train_loader
         yield from loader
         epoch, skip = epoch + 1, 0
@@ -283,109 +355,37 @@ def _validate(accelerator, model, wrapped, dev_sets, dev, step, best_dir, recipe
 
     Returns the updated dev state, the same on every process, so all agree on stopping.
     """
+    cfg = recipe.finetune
     if accelerator.is_main_process:
         module = accelerator.unwrap_model(model)
-        view = validation.reader(wrapped, module)
+        view = validation.reader(wrapped, forgetting.inner(module))
         wers = {
             name: validation.dev_wer(view, waves, texts, recipe.model.batch_size)
             for name, (waves, texts) in dev_sets.items()
         }
         module.train()
-        improved = validation.record(dev, step, wers)
+        improved = validation.record(dev, step, wers, cfg.guard_set, cfg.guard_tolerance)
         if improved:
-            _save_model(best_dir, module, wrapped.processor)
+            finetune_io.save_model(best_dir, module, wrapped.processor)
         shown = ", ".join(f"{name} {wer:.4f}" for name, wer in wers.items())
         log.info("step %d dev WER %s%s", step, shown, " (best so far)" if improved else "")
+        accelerator.log({f"dev/{name}_wer": wer for name, wer in wers.items()}, step=step)
     accelerator.wait_for_everyone()
     return broadcast_object_list([dev])[0]
 
 
-def _save_checkpoint(accelerator, checkpoints: Path, step: int, progress: dict, key: str) -> None:
-    """Accelerate state, the best dev model so far, then ``progress.json`` (losses, dev)."""
-    folder = checkpoints / f"step-{step}"
-    accelerator.save_state(str(folder))  # every process takes part; the main one writes
-    if accelerator.is_main_process:
-        if progress["dev"]["best"] is not None:
-            shutil.copytree(checkpoints.parent / "best", folder / "best", dirs_exist_ok=True)
-        # progress.json last: a checkpoint without it (killed while saving) is not resumed
-        write_json(folder / "progress.json", {"step": step, **progress, "key": key})
-        done = sorted(checkpoints.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-        for old in done[:-KEEP_CHECKPOINTS]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-
-
-def _save_model(folder: Path, model, processor) -> None:
-    """save_pretrained model and processor, renamed into place."""
-    staging = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    processor.save_pretrained(staging)
-    shutil.rmtree(folder, ignore_errors=True)
-    staging.rename(folder)
-
-
-def _write_outputs(out: Path, model, processor, record: dict, best: Path | None) -> None:
-    """The model (``best``, a saved folder, when given; else ``model``), card and log."""
-    final = out / "model"
-    if best is None:
-        _save_model(final, model, processor)
-    else:
-        shutil.rmtree(final, ignore_errors=True)
-        best.rename(final)
-    write_json(out / "train_log.json", record)
-    write_text(out / "model_card.md", model_card(record))
-    log.info("model saved to %s", final)
-
-
-def model_card(record: dict) -> str:
-    """A short Markdown card: what was trained, on what, and how the loss went."""
-    finite = [x for x in record["losses"] if x is not None]
-    tail = finite[-10:]
-    ft = record["recipe"]["finetune"]
-    return (
-        f"# {record['base_model']} fine-tuned on the {record['subset']!r} subset\n\n"
-        f"- recipe: {record['recipe']['name']} (rsft {record['version']})\n"
-        f"- base model: {record['base_model']}\n"
-        f"- subset: {record['subset_utterances']} utterances, "
-        f"sha256 {record['subset_sha256'][:16]}\n"
-        f"- steps: {record['steps']} ({record['bad_steps']} skipped for NaN/inf loss), "
-        f"batch {ft['batch_size']} x {ft['grad_accum']} x {record['processes']} process(es), "
-        f"lr {ft['lr']}, train {ft['train']}, layout {ft['layout']}\n"
-        f"- loss: first {finite[0] if finite else math.nan:.4f}, "
-        f"mean of last 10 {np.mean(tail) if tail else math.nan:.4f}\n\n"
-        f"{_dev_section(record)}"
-        "Load with `from_pretrained` on the `model/` folder. Test WER: run `rsft evaluate "
-        "--model` on it.\n"
-    )
-
-
-def _dev_section(record: dict) -> str:
-    """Which step the saved model is and the dev WER curve it was chosen on."""
-    curve, best = record.get("dev_curve") or [], record.get("best")
-    if not curve or best is None:
-        return ""
-    sets = [k for k in curve[0] if k != "step"]
-    rows = "".join(
-        f"| {row['step']} | " + " | ".join(f"{100 * row[s]:.1f}" for s in sets) + " |\n"
-        for row in curve
-    )
-    return (
-        f"The saved model is step {best['step']} of {record['steps']}: the lowest WER on "
-        f"{sets[0]} (evaluated every {record['recipe']['finetune']['eval_every']} steps, "
-        f"standard 30 s layout, first {record['recipe']['finetune']['eval_limit']} "
-        "utterances by id).\n\n"
-        f"| step | {' | '.join(f'{s} WER %' for s in sets)} |\n"
-        f"|---:|{'---:|' * len(sets)}\n{rows}\n"
-    )
-
-
-def run(recipe: Recipe, subset: str | None = None, resume: bool = False) -> dict:
-    """Fine-tune on ``subset`` (default: finetune.subset); under accelerate launch, too."""
+def run(
+    recipe: Recipe, subset: str | None = None, resume: bool = False, name: str | None = None
+) -> dict:
+    """Fine-tune on ``subset`` (default: finetune.subset) into finetune/<name> (default: the
+    subset's name); under accelerate launch, too."""
     cfg = recipe.finetune
+    subset = subset or cfg.subset
     accelerator = Accelerator(
         cpu=cfg.cpu,
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.grad_accum,
+        log_with="tensorboard",
+        project_dir=str(recipe.root / "finetune" / (name or subset)),
     )
-    return training_function(recipe, subset or cfg.subset, resume, accelerator)
+    return training_function(recipe, subset, resume, accelerator, name)

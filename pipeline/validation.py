@@ -26,7 +26,7 @@ DevSet = tuple[list[np.ndarray], list[str]]  # waves and reference transcripts
 
 
 def fresh_state() -> dict:
-    return {"curve": [], "best": None}
+    return {"curve": [], "best": None, "guard": None}
 
 
 def manifest_paths(root: Path, names: Sequence[str]) -> dict[str, Path]:
@@ -85,9 +85,19 @@ def dev_wer(
     return metrics.wer(errors)
 
 
-def record(state: dict, step: int, wers: dict[str, float]) -> bool:
-    """Append ``wers`` to the curve; True if the first set's WER is a new best."""
+def record(
+    state: dict, step: int, wers: dict[str, float], guard: str | None = None, tolerance=0.0
+) -> bool:
+    """Append ``wers`` to the curve; True if the first set's WER is a new best.
+
+    With a ``guard`` set, its first evaluation (step 0, the pretrained model) fixes a limit,
+    that WER plus ``tolerance``; an evaluation above the limit is never the best.
+    """
     state["curve"].append({"step": step, **wers})
+    if guard is not None and state.get("guard") is None:
+        state["guard"] = {"set": guard, "limit": wers[guard] + tolerance}
+    if guard is not None and not wers[guard] <= state["guard"]["limit"]:
+        return False
     score = next(iter(wers.values()))
     score = score if math.isfinite(score) else math.inf  # NaN (no reference words) never wins
     if state["best"] is None or score < state["best"]["wer"]:

@@ -13,8 +13,10 @@ import transformers
 import yaml
 
 from pipeline import audio
+from pipeline.config import load_recipe
 from pipeline.fsio import read_json
 from pipeline.models import bundled
+from tests.factories import write_subset
 
 
 @pytest.fixture
@@ -101,3 +103,17 @@ def tiny_ctc_dir(tmp_path_factory):
     torch.manual_seed(0)
     transformers.Wav2Vec2ForCTC(config).save_pretrained(out)
     return out
+
+
+@pytest.fixture
+def ft_recipe(write_recipe, tmp_path, tiny_whisper_dir):
+    """Write a recipe for the tiny Whisper (overrides on top) and the 'rsft' subset."""
+
+    def make(model_dir=tiny_whisper_dir, **finetune_cfg):
+        cfg = {"steps": 4, "batch_size": 4, "lr": 1e-3, "warmup_steps": 1, **finetune_cfg}
+        path = write_recipe({"model": {"name": str(model_dir)}, "finetune": cfg})
+        recipe = load_recipe(path)
+        write_subset(recipe.root, "rsft")
+        return path, recipe
+
+    return make

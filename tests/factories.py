@@ -9,8 +9,9 @@ import subprocess
 
 import numpy as np
 import soundfile as sf
+from safetensors.torch import load_file
 
-from pipeline import audio
+from pipeline import audio, manifest
 
 
 def speak(text: str, voice: str = "en-us") -> tuple[np.ndarray, int]:
@@ -61,3 +62,23 @@ def assert_speech(cand, duration_s: float) -> None:
     assert wave.dtype == np.float32 and wave.ndim == 1
     assert abs(len(wave) - duration_s * 16000) <= 16
     assert np.sqrt(np.mean(wave**2)) > 0.01
+
+
+TEXTS = ["turn on the lights", "what time is it", "play some music"]
+
+
+def write_subset(root, name, counts=(1, 2, 1)):
+    """A select-stage subset manifest over real espeak-ng speech (``count`` repeats rows)."""
+    rows = []
+    for i, text in enumerate(TEXTS):
+        path = root / "audio" / f"u{i}.flac"
+        if not path.exists():
+            wave, rate = speak(text)
+            audio.write_flac(path, wave, rate)
+        rows.append(dummy_row(i, str(path), text=text, duration_s=audio.duration_s(path)))
+    frame = manifest.to_frame(rows).assign(count=list(counts))
+    manifest.write(frame, root / "select" / name / "subset.parquet", root=root)
+
+
+def weights(recipe, subset="rsft"):
+    return load_file(recipe.root / "finetune" / subset / "model" / "model.safetensors")

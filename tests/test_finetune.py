@@ -1,53 +1,21 @@
 """The finetune stage on tiny random models: learning, saving, resume, NaN guard, 2 processes."""
 
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pandas as pd
 import pytest
 import torch
 import transformers
-from safetensors.torch import load_file
 
-from pipeline import audio, cli, finetune, manifest, validation
-from pipeline.config import ModelConfig, load_recipe
+from pipeline import audio, cli, finetune, finetune_io, forgetting, manifest, validation
+from pipeline.config import ModelConfig
 from pipeline.errors import UserError
 from pipeline.models import loader
-from tests.factories import dummy_row, speak
-
-TEXTS = ["turn on the lights", "what time is it", "play some music"]
-
-
-def write_subset(root, name, counts=(1, 2, 1)):
-    """A select-stage subset manifest over real espeak-ng speech (``count`` repeats rows)."""
-    rows = []
-    for i, text in enumerate(TEXTS):
-        path = root / "audio" / f"u{i}.flac"
-        if not path.exists():
-            wave, rate = speak(text)
-            audio.write_flac(path, wave, rate)
-        rows.append(dummy_row(i, str(path), text=text, duration_s=audio.duration_s(path)))
-    frame = manifest.to_frame(rows).assign(count=list(counts))
-    manifest.write(frame, root / "select" / name / "subset.parquet", root=root)
-
-
-@pytest.fixture
-def ft_recipe(write_recipe, tmp_path, tiny_whisper_dir):
-    """Write a recipe for the tiny Whisper (overrides on top) and the 'rsft' subset."""
-
-    def make(model_dir=tiny_whisper_dir, **finetune_cfg):
-        cfg = {"steps": 4, "batch_size": 4, "lr": 1e-3, "warmup_steps": 1, **finetune_cfg}
-        path = write_recipe({"model": {"name": str(model_dir)}, "finetune": cfg})
-        recipe = load_recipe(path)
-        write_subset(recipe.root, "rsft")
-        return path, recipe
-
-    return make
-
-
-def weights(recipe, subset="rsft"):
-    return load_file(recipe.root / "finetune" / subset / "model" / "model.safetensors")
+from tests.factories import TEXTS, dummy_row, weights, write_subset
 
 
 def test_loss_falls_and_the_model_loads(ft_recipe):
@@ -91,27 +59,26 @@ def test_ctc_trains_with_frozen_feature_encoder(ft_recipe, tiny_ctc_dir):
     assert model.config.vocab_size == 30
 
 
-def test_interrupted_run_resumes_to_the_same_weights(ft_recipe, monkeypatch):
-    _, recipe = ft_recipe(steps=6, save_every=2, grad_accum=2, batch_size=3)
+def test_killed_run_resumes_to_the_same_weights(ft_recipe):
+    path, recipe = ft_recipe(steps=40, save_every=5, grad_accum=2, batch_size=3)
     write_subset(recipe.root, "copy")  # same data, its own output folder
     finetune.run(recipe, "rsft")
     straight = weights(recipe, "rsft")
 
-    saved = finetune._save_checkpoint
-
-    def save_then_die(accelerator, checkpoints, step, losses, key):
-        saved(accelerator, checkpoints, step, losses, key)
-        if step == 4:
-            raise KeyboardInterrupt  # as if killed right after the step-4 checkpoint
-
-    monkeypatch.setattr(finetune, "_save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        finetune.run(recipe, "copy")
-    monkeypatch.undo()
-    ckpt = recipe.root / "finetune" / "copy" / "checkpoints"
-    assert sorted(p.name for p in ckpt.iterdir()) == ["step-2", "step-4"]
+    out = recipe.root / "finetune" / "copy"
+    cmd = [sys.executable, "-m", "pipeline", "finetune", str(path), "--subset", "copy", "-q"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while not (out / "checkpoints" / "step-5" / "progress.json").exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "train_log.json").exists()  # killed mid-run
     record = finetune.run(recipe, "copy", resume=True)
-    assert record["steps"] == 6 and len(record["losses"]) == 6
+    assert record["steps"] == 40 and len(record["losses"]) == 40
     resumed = weights(recipe, "copy")
     for name, tensor in straight.items():
         torch.testing.assert_close(resumed[name], tensor, atol=1e-5, rtol=0)
@@ -119,21 +86,36 @@ def test_interrupted_run_resumes_to_the_same_weights(ft_recipe, monkeypatch):
 
 def test_nan_losses_are_skipped_then_stop_the_run(ft_recipe, monkeypatch):
     _, recipe = ft_recipe(steps=6, max_bad_steps=3)
-    real, calls = finetune.compute_loss, []
+    real, calls = forgetting.forward, []
 
     def flaky(model, batch):
         calls.append(1)
-        loss = real(model, batch)
-        return loss * float("nan") if len(calls) == 2 else loss
+        loss, logits, mask = real(model, batch)
+        return (loss * float("nan") if len(calls) == 2 else loss), logits, mask
 
-    monkeypatch.setattr(finetune, "compute_loss", flaky)
+    monkeypatch.setattr(forgetting, "forward", flaky)
     record = finetune.run(recipe)
     assert record["losses"][1] is None and record["bad_steps"] == 1
     assert all(torch.isfinite(t).all() for t in weights(recipe).values())
 
-    monkeypatch.setattr(finetune, "compute_loss", lambda m, b: real(m, b) * float("inf"))
+    def infinite(model, batch):
+        loss, logits, mask = real(model, batch)
+        return loss * float("inf"), logits, mask
+
+    monkeypatch.setattr(forgetting, "forward", infinite)
     with pytest.raises(UserError, match="NaN or infinite at 3 steps in a row"):
         finetune.run(recipe, resume=True)  # resume: no checkpoint, so it trains from step 0
+
+
+def test_out_of_memory_names_the_setting_to_lower(ft_recipe, monkeypatch):
+    _, recipe = ft_recipe(steps=2, batch_seconds=20.0)
+
+    def exhausted(model, batch):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(forgetting, "forward", exhausted)
+    with pytest.raises(UserError, match=r"out of GPU memory at step 1; lower finetune.batch_sec"):
+        finetune.run(recipe)
 
 
 def test_missing_subset_is_a_one_line_error(write_recipe, capsys):
@@ -147,7 +129,7 @@ def test_missing_subset_is_a_one_line_error(write_recipe, capsys):
 
 @pytest.mark.slow
 def test_two_processes_train_and_only_the_main_one_writes(ft_recipe):
-    path, recipe = ft_recipe(steps=3, batch_size=2, save_every=2, eval_every=2, patience=1)
+    path, recipe = ft_recipe(steps=3, batch_seconds=3.0, save_every=2, eval_every=2, patience=1)
     write_dev(recipe.root)  # validation on the main process only: the other must not hang
     # accelerate 1.15's `launch --cpu --num_processes 2` starts ONE process (multi-CPU needs
     # mpirun); `--multi_gpu` starts two through torchrun, and finetune.cpu puts them on gloo
@@ -165,6 +147,7 @@ def test_two_processes_train_and_only_the_main_one_writes(ft_recipe):
         "checkpoints",
         "model",
         "model_card.md",
+        "tensorboard",
         "train_log.json",
     ]
     assert (out / "checkpoints" / "step-2" / "random_states_1.pkl").exists()
@@ -237,17 +220,17 @@ def test_dev_curve_and_best_survive_resume(ft_recipe, monkeypatch):
     _, recipe = ft_recipe(steps=6, save_every=2, eval_every=2)
     write_dev(recipe.root)
     seen = scripted_wers(monkeypatch, [0.3, 0.4, 0.5])
-    saved = finetune._save_checkpoint
+    saved = finetune_io.save_checkpoint
 
     def save_then_die(accelerator, checkpoints, step, progress, key):
         saved(accelerator, checkpoints, step, progress, key)
         if step == 4:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(finetune, "_save_checkpoint", save_then_die)
+    monkeypatch.setattr(finetune_io, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         finetune.run(recipe)
-    monkeypatch.setattr(finetune, "_save_checkpoint", saved)
+    monkeypatch.setattr(finetune_io, "save_checkpoint", saved)
     best = recipe.root / "finetune" / "rsft" / "best"
     shutil.rmtree(best)
     best.mkdir()
@@ -264,3 +247,33 @@ def test_missing_dev_set_is_a_one_line_error(ft_recipe):
     _, recipe = ft_recipe(eval_every=2, eval_sets=["dev_nowhere"])
     with pytest.raises(UserError, match="set 'dev_nowhere' has no manifest"):
         finetune.run(recipe)
+
+
+def test_guard_set_keeps_the_best_model_that_does_not_forget(ft_recipe, monkeypatch):
+    _, recipe = ft_recipe(steps=6, eval_every=2, guard_set="asterisk_guard", guard_tolerance=0.05)
+    write_dev(recipe.root)
+    write_dev(recipe.root, "asterisk_guard")
+    # (dev_target, asterisk_guard) at steps 0 (pretrained), 2, 4, 6; the guard's limit is 0.15
+    seen = scripted_wers(monkeypatch, [0.9, 0.10, 0.3, 0.20, 0.5, 0.12, 0.4, 0.16])
+    record = finetune.run(recipe)
+    assert [row["step"] for row in record["dev_curve"]] == [0, 2, 4, 6]
+    assert record["guard"] == {"set": "asterisk_guard", "limit": pytest.approx(0.15)}
+    assert record["best"] == {"step": 4, "wer": 0.5}  # steps 2 and 6 forgot real speech
+    for name, tensor in weights(recipe).items():
+        torch.testing.assert_close(tensor, seen[4][name], atol=0, rtol=0)
+    card = (recipe.root / "finetune" / "rsft" / "model_card.md").read_text()
+    assert "among evaluations with asterisk_guard WER at most 15.0%" in card
+
+
+def test_padding_and_throughput_are_logged_with_tensorboard_events(ft_recipe):
+    _, recipe = ft_recipe(steps=2, batch_size=3)
+    packed = finetune.run(recipe)
+    assert list((recipe.root / "finetune" / "rsft" / "tensorboard").rglob("events.out.*"))
+    standard = finetune.run(ft_recipe(steps=2, batch_size=3, layout="standard")[1])
+    # one epoch, batches of 3 + 1 commands of 1-2 s: one 30 s window per batch when packed,
+    # one per command when not
+    speech_s = packed["speech_seconds"]
+    assert speech_s == pytest.approx(standard["speech_seconds"], rel=1e-6)
+    assert packed["padding_fraction"] == pytest.approx(1 - speech_s / 60)
+    assert standard["padding_fraction"] == pytest.approx(1 - speech_s / 120)
+    assert packed["train_seconds"] > 0

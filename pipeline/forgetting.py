@@ -1,0 +1,125 @@
+"""Forgetting control for stage 4: keep the fine-tuned model close to the pretrained one.
+
+Fine-tuning a recogniser on a few hundred utterances of one condition gains there and loses
+on everything else (design.md: +3.5 to +7.5 WER points on real speech in a prototype). The
+means offered here, each measured in recipes/RESULTS.md:
+
+- ``Anchor``: a frozen copy of the pretrained model for distillation (KL divergence from its
+  output distribution to the model's, on every label position or CTC frame) and the
+  pretrained weights for an L2-SP penalty (squared distance of the trained weights to them);
+- ``add_lora``: peft LoRA adapters, the base weights frozen; ``plain`` merges them back, so
+  the saved model is an ordinary transformers model;
+- replay of pool data (``pipeline.batches.EpochBatches``) and a guard set watched during
+  training (``pipeline.validation``) live with the batches and the dev WER.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, PeftModel, get_peft_model
+
+from pipeline.config import FinetuneConfig
+from pipeline.errors import UserError
+
+
+def forward(model: torch.nn.Module, batch: dict[str, torch.Tensor]):
+    """(mean loss, logits, mask of the positions that count): token cross-entropy for Whisper,
+    CTC loss per frame for wav2vec2 (the mask marks frames of real audio)."""
+    if "input_features" in batch:
+        logits = model(
+            input_features=batch["input_features"], decoder_input_ids=batch["decoder_input_ids"]
+        ).logits
+        loss = F.cross_entropy(logits.float().transpose(1, 2), batch["labels"], ignore_index=-100)
+        return loss, logits, batch["labels"] != -100
+    out = model(**batch)
+    inner = model.module if hasattr(model, "module") else model  # DDP
+    frames = inner.get_base_model() if isinstance(inner, PeftModel) else inner
+    lengths = frames._get_feat_extract_output_lengths(batch["attention_mask"].sum(-1))
+    mask = torch.arange(out.logits.shape[1], device=lengths.device)[None] < lengths[:, None]
+    return out.loss, out.logits, mask
+
+
+class Anchor:
+    """What the trained model is held to: the frozen pretrained model (distillation) and
+    its trainable weights at the start (L2-SP). Built before training starts."""
+
+    def __init__(self, model: torch.nn.Module, cfg: FinetuneConfig, device: torch.device):
+        self.distill_weight, self.l2_weight = cfg.distill_weight, cfg.l2_weight
+        self.teacher = None
+        if self.distill_weight > 0:
+            frozen = plain(model) if isinstance(model, PeftModel) else copy.deepcopy(model)
+            self.teacher = frozen.to(device).train(False).requires_grad_(False)
+        self.start: dict[str, torch.Tensor] = {}
+        if self.l2_weight > 0:
+            self.start = {
+                name: p.detach().clone().to(device)
+                for name, p in model.named_parameters()
+                if p.requires_grad
+            }
+
+    @property
+    def active(self) -> bool:
+        return self.teacher is not None or bool(self.start)
+
+    def penalty(self, model, batch, logits, mask) -> torch.Tensor:
+        """distill_weight * KL(teacher || model) + l2_weight * ||theta - theta_0||^2 / 2."""
+        total = logits.new_zeros((), dtype=torch.float32)
+        if self.teacher is not None:
+            with torch.no_grad():
+                _, teacher_logits, _ = forward(self.teacher, batch)
+            total = total + self.distill_weight * kl_divergence(teacher_logits, logits, mask)
+        if self.start:
+            inner = model.module if hasattr(model, "module") else model
+            squared = [
+                (p.float() - self.start[name]).pow(2).sum()
+                for name, p in inner.named_parameters()
+                if name in self.start
+            ]
+            total = total + 0.5 * self.l2_weight * torch.stack(squared).sum()
+        return total
+
+
+def kl_divergence(teacher_logits, logits, mask) -> torch.Tensor:
+    """Mean over the masked positions of KL(softmax(teacher) || softmax(logits))."""
+    teacher = F.log_softmax(teacher_logits.float(), dim=-1)
+    student = F.log_softmax(logits.float(), dim=-1)
+    per_position = (teacher.exp() * (teacher - student)).sum(-1)
+    weights = mask.to(per_position.dtype)
+    return (per_position * weights).sum() / weights.sum().clamp(min=1.0)
+
+
+def add_lora(model: torch.nn.Module, cfg: FinetuneConfig) -> PeftModel:
+    """LoRA adapters on ``cfg.lora_modules`` (base weights frozen); a CTC head stays trainable,
+    since it may be new (a vocabulary from the data)."""
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    targets = [m for m in cfg.lora_modules if m in names]
+    if not targets:
+        raise UserError(
+            f"finetune.lora_modules: none of {list(cfg.lora_modules)} is a module of "
+            f"{model.config.model_type} (e.g. q_proj, v_proj)"
+        )
+    head = ["lm_head"] if model.config.model_type != "whisper" else None
+    config = LoraConfig(
+        r=cfg.lora_rank,
+        lora_alpha=cfg.lora_alpha,
+        target_modules=targets,
+        lora_dropout=0.0,
+        bias="none",
+        modules_to_save=head,
+    )
+    return get_peft_model(model, config)
+
+
+def inner(module: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model to decode with (LoRA adapters active inside it)."""
+    return module.get_base_model() if isinstance(module, PeftModel) else module
+
+
+def plain(module: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model to save: adapters merged into a copy, the training one intact."""
+    if isinstance(module, PeftModel):
+        return copy.deepcopy(module).merge_and_unload()
+    return module

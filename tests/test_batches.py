@@ -1,0 +1,67 @@
+"""Training batches: a replayable order, replay from the pool, duration budgets, grouping."""
+
+import numpy as np
+import pytest
+
+from pipeline.batches import EpochBatches
+
+DURATIONS = np.random.default_rng(0).uniform(1.0, 6.0, size=97)
+POOL = np.random.default_rng(1).uniform(1.0, 6.0, size=40)
+
+
+def epoch(batches: EpochBatches, e: int) -> list[list[int]]:
+    batches.use_epoch(e)
+    return list(batches)
+
+
+def test_each_epoch_is_a_replayable_permutation():
+    a, b = EpochBatches(DURATIONS, 3, 8), EpochBatches(DURATIONS, 3, 8)
+    assert epoch(a, 2) == epoch(b, 2) and epoch(a, 0) != epoch(a, 1)
+    for e in range(3):
+        flat = [i for batch in epoch(a, e) for i in batch]
+        assert sorted(flat) == list(range(len(DURATIONS)))
+        assert len(a) == 13 and all(len(batch) == 8 for batch in epoch(a, e)[:-1])
+    assert epoch(EpochBatches(DURATIONS, 4, 8), 0) != epoch(a, 0)
+
+
+def test_replay_mixes_the_asked_share_of_pool_rows_into_every_batch():
+    batches = EpochBatches(DURATIONS, 0, 8, replay_fraction=0.25, pool_durations_s=POOL)
+    n = len(DURATIONS)
+    drawn = epoch(batches, 0)
+    own = [i for b in drawn for i in b if i < n]
+    assert sorted(own) == list(range(n))  # the subset is still seen once per epoch
+    assert all(sum(i >= n for i in b) == 2 and len(b) == 8 for b in drawn[:-1])
+    pool = [i - n for b in drawn for i in b if i >= n]
+    assert len(pool) == 32 == len(set(pool))  # 16 full batches; no pool row twice in a pass
+    small = EpochBatches(DURATIONS, 0, 8, replay_fraction=0.25, pool_durations_s=POOL[:5])
+    cycled = [i - n for b in epoch(small, 0) for i in b if i >= n]
+    assert sorted(set(cycled)) == list(range(5)) and len(cycled) == 32
+    assert epoch(batches, 1) != drawn
+    with pytest.raises(ValueError, match="needs pool"):
+        EpochBatches(DURATIONS, 0, 8, replay_fraction=0.5)
+
+
+def test_a_duration_budget_fills_batches_by_seconds():
+    batches = EpochBatches(DURATIONS, 0, 8, batch_seconds=20.0)
+    drawn = epoch(batches, 0)
+    seconds = [DURATIONS[b].sum() for b in drawn]
+    assert max(seconds) <= 20.0 and np.mean(seconds) > 15.0
+    assert batches.batch_size is None  # Accelerate shards them as batches of varying size
+    mixed = EpochBatches(
+        DURATIONS, 0, 8, batch_seconds=20.0, replay_fraction=0.5, pool_durations_s=POOL
+    )
+    n = len(DURATIONS)
+    for b in epoch(mixed, 0):
+        own = DURATIONS[[i for i in b if i < n]].sum()
+        replay = POOL[[i - n for i in b if i >= n]].sum()
+        assert own <= 10.0 and own <= replay < own + 6.0
+
+
+def test_grouping_by_length_cuts_padding():
+    def padded_s(drawn):
+        return sum(len(b) * DURATIONS[b].max() for b in drawn)
+
+    plain = epoch(EpochBatches(DURATIONS, 0, 8), 0)
+    grouped = epoch(EpochBatches(DURATIONS, 0, 8, group_by_length=True), 0)
+    assert sorted(i for b in grouped for i in b) == list(range(len(DURATIONS)))
+    assert padded_s(grouped) < 0.85 * padded_s(plain)

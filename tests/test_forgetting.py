@@ -1,0 +1,119 @@
+"""Forgetting control on tiny random models: distillation, L2-SP, LoRA, replay, a guard set."""
+
+import pytest
+import torch
+import transformers
+from safetensors.torch import load_file
+
+from pipeline import audio, finetune, forgetting, manifest
+from pipeline.batches import Collator
+from pipeline.config import ModelConfig
+from pipeline.errors import UserError
+from pipeline.models import loader
+from tests.factories import TEXTS, dummy_row, speak, weights
+
+
+def test_kl_divergence_is_zero_for_equal_outputs_and_honours_the_mask():
+    torch.manual_seed(0)
+    teacher, student = torch.randn(2, 5, 7), torch.randn(2, 5, 7)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    assert forgetting.kl_divergence(teacher, teacher, mask).item() == pytest.approx(0, abs=1e-6)
+    expected = torch.nn.functional.kl_div(
+        student.log_softmax(-1), teacher.log_softmax(-1), log_target=True, reduction="none"
+    ).sum(-1)
+    got = forgetting.kl_divergence(teacher, student, mask)
+    assert got.item() == pytest.approx(expected.mean().item(), rel=1e-5)
+    mask[1] = False  # only the first row counts
+    got = forgetting.kl_divergence(teacher, student, mask)
+    assert got.item() == pytest.approx(expected[0].mean().item(), rel=1e-5)
+
+
+def drift(recipe, pretrained_dir):
+    """Squared distance of the saved model to the pretrained weights, and the KL divergence of
+    its token distribution from the pretrained one on a training batch."""
+    before = transformers.WhisperForConditionalGeneration.from_pretrained(pretrained_dir)
+    after = transformers.WhisperForConditionalGeneration.from_pretrained(
+        recipe.root / "finetune" / "rsft" / "model"
+    )
+    distance = sum(
+        (a - b).pow(2).sum().item()
+        for a, b in zip(after.state_dict().values(), before.state_dict().values(), strict=True)
+    )
+    wrapped = loader.load(ModelConfig(name=str(pretrained_dir)), recipe.root)
+    waves = [audio.read(recipe.root / "audio" / f"u{i}.flac")[0] for i in range(3)]
+    batch = Collator(wrapped, "packed", 8.0)(list(zip(waves, TEXTS, strict=True)))
+    with torch.no_grad():
+        _, teacher, mask = forgetting.forward(before.eval(), batch)
+        _, student, _ = forgetting.forward(after.eval(), batch)
+    return distance, forgetting.kl_divergence(teacher, student, mask).item()
+
+
+def test_distillation_and_l2_keep_the_model_nearer_the_pretrained_one(ft_recipe, tiny_whisper_dir):
+    runs = {}
+    for name, extra in {
+        "plain": {},
+        "l2": {"l2_weight": 10.0},
+        "distill": {"distill_weight": 300.0},
+    }.items():
+        _, recipe = ft_recipe(steps=8, lr=1e-2, **extra)
+        record = finetune.run(recipe)
+        assert all(x is not None for x in record["losses"])
+        runs[name] = drift(recipe, tiny_whisper_dir)
+    assert runs["l2"][0] < 0.5 * runs["plain"][0], runs
+    assert runs["distill"][1] < 0.5 * runs["plain"][1], runs
+
+
+def test_lora_trains_adapters_and_saves_a_plain_merged_model(ft_recipe, tiny_whisper_dir):
+    _, recipe = ft_recipe(steps=4, lr=1e-2, train="lora", lora_rank=2, lora_modules=["q_proj"])
+    record = finetune.run(recipe)
+    assert all(x is not None for x in record["losses"])
+    saved = weights(recipe)
+    assert not any("lora" in key for key in saved)
+    before = transformers.WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir)
+    start = before.state_dict()
+    q = "model.decoder.layers.0.self_attn.q_proj.weight"
+    k = "model.decoder.layers.0.self_attn.k_proj.weight"
+    assert not torch.equal(saved[q], start[q])  # the adapter, merged in
+    assert torch.equal(saved[k], start[k])  # untouched: not a LoRA target
+    with pytest.raises(UserError, match="none of \\['attn'\\] is a module"):
+        finetune.run(ft_recipe(steps=1, train="lora", lora_modules=["attn"])[1])
+
+
+def test_lora_on_ctc_keeps_the_head_trainable(ft_recipe, tiny_ctc_dir):
+    _, recipe = ft_recipe(model_dir=tiny_ctc_dir, steps=3, lr=1e-2, train="lora", lora_rank=2)
+    record = finetune.run(recipe)
+    assert all(x is not None and x > 0 for x in record["losses"])
+    before = transformers.Wav2Vec2ForCTC.from_pretrained(tiny_ctc_dir).state_dict()
+    saved = load_file(recipe.root / "finetune" / "rsft" / "model" / "model.safetensors")
+    assert not torch.equal(saved["lm_head.weight"], before["lm_head.weight"])
+
+
+POOL_TEXTS = (
+    "please call my sister when you get home tonight",
+    "set an alarm for half past six tomorrow morning",
+    "what will the weather be like in edinburgh on friday",
+)
+
+
+def write_pool(root, texts=POOL_TEXTS):
+    """A prepared pool of sentences about three times as long as the subset's."""
+    rows = []
+    for i, text in enumerate(texts):
+        path = root / "audio" / f"pool{i}.flac"
+        wave, rate = speak(text, "en-gb")
+        audio.write_flac(path, wave, rate)
+        rows.append(dummy_row(10 + i, str(path), text=text, duration_s=audio.duration_s(path)))
+    manifest.write(manifest.to_frame(rows), root / "prepare" / "manifests" / "pool.parquet")
+
+
+def test_replay_trains_on_pool_audio_too(ft_recipe):
+    _, recipe = ft_recipe(steps=3, batch_size=4, replay_fraction=0.5)
+    with pytest.raises(UserError, match="no pool manifest"):
+        finetune.run(recipe)
+    write_pool(recipe.root)
+    with_replay = finetune.run(recipe)
+    _, plain_recipe = ft_recipe(steps=3, batch_size=4)
+    plain = finetune.run(plain_recipe)
+    # half of every batch is (longer) pool audio: more seconds than the subset alone gives
+    assert with_replay["speech_seconds"] > 1.3 * plain["speech_seconds"]
+    assert with_replay["key"] != plain["key"]
