@@ -244,6 +244,12 @@ class EvaluateConfig:
     group_by: tuple[str, ...] = ("accent", "noise", "snr_db")
     bootstrap: int = 1000  # resamples for confidence intervals
     limit: int | None = None  # utterances per set, for quick looks
+    # model.layout 'packed': utterances of one group (group_by) are decoded together in 30 s
+    # windows and each window's transcript is cut per utterance by aligning it to the joined
+    # references ('references': long-form scoring, group WER exact) or by Whisper's segment
+    # timestamps ('timestamps': no references used, but segments spanning two utterances go
+    # to one of them)
+    packed_split: Literal["references", "timestamps"] = "references"
 
 
 @dataclass(frozen=True)

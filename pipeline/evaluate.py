@@ -91,24 +91,13 @@ def evaluate_set(
     """Decode one set, score it, and write its files; return the wer.json content."""
     if recipe.evaluate.limit is not None:
         frame = frame.head(recipe.evaluate.limit)
-    hyps: dict[str, str] = {}
-    rejects: dict[str, str] = {}
-    started, audio_s = time.perf_counter(), 0.0
-    batches = list(length_batches(frame["duration_s"].tolist(), batch_size))
-    for batch in tqdm(batches, desc=out.name, unit="batch", leave=False, disable=None):
-        ids, waves = [], []
-        for i in batch:
-            row = frame.iloc[i]
-            try:
-                wave, _ = audio.read(row["audio_path"])
-            except (audio.AudioError, OSError) as err:
-                rejects[row["id"]] = str(err)
-                continue
-            ids.append(row["id"])
-            waves.append(wave)
-            audio_s += len(wave) / audio.SAMPLE_RATE
-        if waves:
-            hyps.update(zip(ids, model.transcribe(waves), strict=True))
+    started = time.perf_counter()
+    joined = model.layout == "packed" and recipe.evaluate.packed_split == "references"
+    if joined and hasattr(model, "transcribe_joined"):
+        by = [c for c in recipe.evaluate.group_by if c in frame.columns]
+        hyps, rejects, audio_s = _decode_joined(model, frame, batch_size, by, out.name)
+    else:
+        hyps, rejects, audio_s = _decode(model, frame, batch_size, out.name)
     elapsed = time.perf_counter() - started
     if rejects:
         log.warning(
@@ -146,6 +135,56 @@ def evaluate_set(
         "utt_per_s": len(per) / elapsed if elapsed else float("nan"),
         "real_time_factor": elapsed / audio_s if audio_s else float("nan"),
     }
+
+
+def _read(frame: pd.DataFrame, rows, rejects: dict[str, str]) -> tuple[list, list]:
+    """(ids, waves) of the readable rows; the others are recorded in ``rejects``."""
+    ids, waves = [], []
+    for i in rows:
+        row = frame.iloc[i]
+        try:
+            wave, _ = audio.read(row["audio_path"])
+        except (audio.AudioError, OSError) as err:
+            rejects[row["id"]] = str(err)
+            continue
+        ids.append(row["id"])
+        waves.append(wave)
+    return ids, waves
+
+
+def _decode(model: SpeechModel, frame: pd.DataFrame, batch_size: int, name: str):
+    """Hypotheses per id, one decode per utterance (batched by length)."""
+    hyps, rejects, audio_s = {}, {}, 0.0
+    batches = list(length_batches(frame["duration_s"].tolist(), batch_size))
+    for batch in tqdm(batches, desc=name, unit="batch", leave=False, disable=None):
+        ids, waves = _read(frame, batch, rejects)
+        audio_s += sum(len(w) for w in waves) / audio.SAMPLE_RATE
+        if waves:
+            hyps.update(zip(ids, model.transcribe(waves), strict=True))
+    return hyps, rejects, audio_s
+
+
+def _decode_joined(model, frame: pd.DataFrame, batch_size: int, by: list[str], name: str):
+    """Hypotheses per id from packed windows, each window holding utterances of one group
+    and its transcript cut by alignment to their references (normalised text)."""
+    hyps, rejects, audio_s, windows = {}, {}, 0.0, []
+    groups = frame.groupby(by, dropna=False, sort=True).indices if by else {(): range(len(frame))}
+    for rows in groups.values():
+        ids, waves = _read(frame, sorted(rows), rejects)
+        audio_s += sum(len(w) for w in waves) / audio.SAMPLE_RATE
+        refs = text.normalize_batch(frame.set_index("id").loc[ids, "text"]) if ids else []
+        for window in model.pack(waves) if waves else []:
+            windows.append(
+                (window, [ids[k] for k in window.members], [refs[k] for k in window.members])
+            )
+    starts = range(0, len(windows), batch_size)
+    for lo in tqdm(starts, desc=name, unit="batch", leave=False, disable=None):
+        chunk = windows[lo : lo + batch_size]
+        said = model.transcribe_joined([w for w, _, _ in chunk])
+        for (_, ids, refs), hyp in zip(chunk, said, strict=True):
+            pieces = metrics.split_by_alignment(refs, text.normalize(hyp))
+            hyps.update(zip(ids, pieces, strict=True))
+    return hyps, rejects, audio_s
 
 
 def write_outputs(per: pd.DataFrame, out: Path) -> None:

@@ -220,3 +220,30 @@ def alignment_text(
     )
     # jiwer numbers utterances from 1 in input order; name them by id instead.
     return _SENTENCE_HEADER.sub(lambda m: f"=== {ids[int(m.group(1)) - 1]} ===", text)
+
+
+def split_by_alignment(refs: Sequence[str], hypothesis: str) -> list[str]:
+    """Cut one hypothesis of several utterances spoken in a row into one piece per utterance.
+
+    The hypothesis is aligned to the references joined (minimum edit distance, jiwer); each
+    hypothesis word goes to the utterance of the reference word it is aligned to, and an
+    inserted word to the utterance of the reference word before it (the first utterance's at
+    the start). The pieces' errors then add up to those of the joined alignment, as in
+    long-form evaluation. Inputs are normalised text; an empty reference gets words only
+    through insertions.
+    """
+    owner = [k for k, ref in enumerate(refs) for _ in ref.split()]
+    words = hypothesis.split()
+    pieces: list[list[str]] = [[] for _ in refs]
+    if not owner or not words:
+        if words and pieces:
+            pieces[0] = words
+        return [" ".join(p) for p in pieces]
+    for chunk in jiwer.process_words(" ".join(refs), hypothesis).alignments[0]:
+        for offset, h in enumerate(range(chunk.hyp_start_idx, chunk.hyp_end_idx)):
+            if chunk.type == "insert":
+                at = owner[chunk.ref_start_idx - 1] if chunk.ref_start_idx > 0 else 0
+            else:
+                at = owner[chunk.ref_start_idx + offset]
+            pieces[at].append(words[h])
+    return [" ".join(p) for p in pieces]

@@ -80,3 +80,16 @@ def test_missing_manifest_is_a_user_error(write_recipe, tmp_path):
     recipe = load_recipe(write_recipe({"evaluate": {"sets": ["nothing"]}}))
     with pytest.raises(UserError, match=r"no manifest .* \(run: rsft prepare first\)"):
         evaluate.run(recipe)
+
+
+def test_packed_evaluation_cuts_windows_by_their_references(prepared):
+    """The real model reads 8 prompts packed into 30 s windows; each window's transcript is
+    cut per utterance, and the pieces score about as well as one decode per prompt."""
+    ast = replace(prepared.evaluate, sets=("ast", "cmd"))
+    packed = replace(prepared, evaluate=ast, model=replace(prepared.model, layout="packed"))
+    table = evaluate.run(packed, run_name="packed").set_index("set")
+    per = pd.read_parquet(prepared.root / "evaluate" / "packed" / "ast" / "utterances.parquet")
+    assert (per["hypothesis_norm"].str.len() > 0).all()  # every prompt got its own words
+    assert table.loc["ast", "wer"] < 0.15
+    result = json.loads((prepared.root / "evaluate" / "packed" / "cmd" / "wer.json").read_text())
+    assert result["utterances"] == 8  # 4 clean + 4 in white noise, packed apart by group

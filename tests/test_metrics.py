@@ -262,3 +262,26 @@ def test_wer_agrees_with_nist_sclite(tmp_path: Path) -> None:
     assert frame["ref_words"].sum() == sclite_words
     assert abs(metrics.wer(frame) - sclite_errors / sclite_words) < 0.01
     assert abs(metrics.wer(frame) - sclite_percent / 100) < 0.01
+
+
+def test_split_by_alignment_gives_each_utterance_its_words():
+    refs = ["turn on the lights", "", "what time is it"]
+    pieces = metrics.split_by_alignment(refs, "uh turn on lights what time is it now")
+    assert pieces == ["uh turn on lights", "", "what time is it now"]
+    assert metrics.split_by_alignment(refs, "") == ["", "", ""]
+    assert metrics.split_by_alignment(["", ""], "noise") == ["noise", ""]
+
+
+def test_split_pieces_add_up_to_the_joined_errors():
+    rng = np.random.default_rng(0)
+    vocab = "a b c d e f g".split()
+    for _ in range(50):
+        refs = [" ".join(rng.choice(vocab, rng.integers(0, 5))) for _ in range(rng.integers(1, 4))]
+        hyp = " ".join(rng.choice(vocab, rng.integers(0, 12)))
+        pieces = metrics.split_by_alignment(refs, hyp)
+        assert " ".join(p for p in pieces if p) == hyp
+        joined = metrics.utterance_errors([" ".join(r for r in refs if r)], [hyp])
+        if not any(refs):
+            continue
+        split = metrics.utterance_errors(refs, pieces)
+        assert split["errors"].sum() == joined["errors"].sum()

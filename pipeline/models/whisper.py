@@ -121,6 +121,14 @@ class Whisper(SpeechModel):
         return out
 
     @torch.inference_mode()
+    def transcribe_joined(self, windows: Sequence[Window]) -> list[str]:
+        """One greedy transcript per packed window (no timestamps): its utterances' words in
+        order, for a caller that splits them with the references (long-form evaluation)."""
+        feats = self.features([w.wave for w in windows], CHUNK_S)
+        speech_s = max(sum(e - s for s, e in w.spans) for w in windows)
+        return self._decode(self._generate(feats, self._budget(speech_s)))
+
+    @torch.inference_mode()
     def transcribe_scored(self, waves: Sequence[np.ndarray]) -> tuple[list[str], np.ndarray]:
         """Greedy transcripts and their mean token log-probability.
 
