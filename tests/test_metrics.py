@@ -274,7 +274,7 @@ def test_split_by_alignment_gives_each_utterance_its_words():
 
 def test_split_pieces_add_up_to_the_joined_errors():
     rng = np.random.default_rng(0)
-    vocab = "a b c d e f g".split()
+    vocab = ["a", "b", "c", "d", "e", "f", "g"]
     for _ in range(50):
         refs = [" ".join(rng.choice(vocab, rng.integers(0, 5))) for _ in range(rng.integers(1, 4))]
         hyp = " ".join(rng.choice(vocab, rng.integers(0, 12)))
