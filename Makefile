@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 RECIPE ?= recipes/demo.yaml
 ARGS ?=
 
-.PHONY: help setup debian venv demo test lint format prepare score select finetune evaluate report clean
+.PHONY: help setup debian venv demo compare test lint format prepare score select finetune evaluate report clean
 
 help:
 	@echo "make demo       set up, then run the pipeline on recipes/demo.yaml"
@@ -15,6 +15,7 @@ help:
 	@echo "make finetune RECIPE=recipes/demo.yaml [ARGS='--subset random --resume']"
 	@echo "make evaluate RECIPE=recipes/demo.yaml [ARGS='--model PATH --name NAME']"
 	@echo "make report RECIPE=recipes/demo.yaml   (data/<recipe>/report/report.html)"
+	@echo "make compare RECIPE=recipes/demo.yaml   every selector x seeds + budget sweep, then report"
 	@echo "make lint       ruff"
 
 setup: debian venv
@@ -33,12 +34,16 @@ $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 	$(VENV)/bin/pip check
 	touch $@
 
+# make demo runs the quick comparison (experiment.quick_systems, one seed) to stay within
+# its time; make compare runs every selector over seeds plus the budget sweep.
 demo: setup
 	$(PY) -m pipeline prepare recipes/demo.yaml
 	$(PY) -m pipeline score recipes/demo.yaml
 	$(PY) -m pipeline select recipes/demo.yaml
-	$(PY) -m pipeline evaluate recipes/demo.yaml
-	@echo "demo: ran the stages built so far (prepare, score, select, evaluate of the pretrained model); finetune and report come next"
+	$(PY) -m pipeline experiment recipes/demo.yaml --quick
+
+compare: setup
+	$(PY) -m pipeline experiment $(RECIPE) $(ARGS)
 
 test: setup
 	$(PY) -m pytest -q

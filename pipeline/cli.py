@@ -48,6 +48,12 @@ def _report(args: argparse.Namespace) -> None:
     report.run(load_recipe(args.recipe, args.set))
 
 
+def _experiment(args: argparse.Namespace) -> None:
+    from pipeline import experiment
+
+    experiment.run(load_recipe(args.recipe, args.set), quick=args.quick)
+
+
 def _compare(args: argparse.Namespace) -> None:
     from pipeline import evaluate
 
@@ -67,6 +73,10 @@ STAGES = {
     "finetune": (_finetune, "fine-tune the model on a selected subset (Accelerate; resumable)"),
     "evaluate": (_evaluate, "WER/CER per test set and group, with bootstrap intervals"),
     "report": (_report, "comparison of systems over seeds: tables, figures, Markdown and HTML"),
+    "experiment": (
+        _experiment,
+        "fine-tune and evaluate every selector over seeds and budgets, then report",
+    ),
 }
 
 
@@ -95,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
             )
             stage.add_argument(
                 "--name", help="run name: output in finetune/NAME (default: the subset's name)"
+            )
+        if name == "experiment":
+            stage.add_argument(
+                "--quick",
+                action="store_true",
+                help="only experiment.quick_systems x quick_seeds at the recipe's budget",
             )
         if name == "evaluate":
             stage.add_argument("--model", help="model to evaluate (default: the recipe's model)")

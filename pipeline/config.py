@@ -250,6 +250,8 @@ class EvaluateConfig:
     # timestamps ('timestamps': no references used, but segments spanning two utterances go
     # to one of them)
     packed_split: Literal["references", "timestamps"] = "references"
+    # a layout per set, over model.layout (e.g. real speech always in the standard 30 s one)
+    set_layouts: dict[str, Literal["standard", "short", "packed"]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -327,6 +329,22 @@ class ReportConfig:
 
 
 @dataclass(frozen=True)
+class ExperimentConfig:
+    """The comparison (``rsft experiment``): each selector's subset fine-tuned with the same
+    finetune settings at the same budget, over seeds, plus a budget sweep; then evaluate and
+    report. ``--quick`` (make demo) runs only the quick_* part."""
+
+    systems: tuple[str, ...] = ("rsft", "random", "oracle", "full", "wer_filter", "importance")
+    seeds: tuple[int, ...] = (0, 1, 2)  # selection draw and training order
+    sweep_budgets: tuple[int, ...] = (100, 1000)  # besides select.budget
+    sweep_systems: tuple[str, ...] = ("rsft", "random")
+    quick_systems: tuple[str, ...] = ("rsft", "random")
+    quick_seeds: tuple[int, ...] = (0,)
+    # fine-tuned models are evaluated in this layout (the pretrained one in model.layout)
+    eval_layout: Literal["standard", "short", "packed"] = "packed"
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     seed: int = 0
@@ -339,6 +357,7 @@ class Recipe:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
 
     @property
     def root(self) -> Path:

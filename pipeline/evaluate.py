@@ -49,23 +49,25 @@ def run(recipe: Recipe, model_name: str | None = None, run_name: str | None = No
     model = loader.load(cfg, MODELS_DIR)
     model_print = model.fingerprint()
     rows = []
+    scoring = {k: v for k, v in to_dict(recipe.evaluate).items() if k != "set_layouts"}
     for name, path in paths.items():
+        layout = recipe.evaluate.set_layouts.get(name, cfg.layout)
+        reader = model if layout == cfg.layout else loader.with_layout(model, layout)
         settings = {k: v for k, v in to_dict(cfg).items() if k not in ("batch_size", "threads")}
-        key = fingerprint(
-            model_print, settings, file_sha256(path), to_dict(recipe.evaluate), __version__
-        )
+        settings["layout"] = layout
+        key = fingerprint(model_print, settings, file_sha256(path), scoring, __version__)
         result_path = out / name / "wer.json"
         if result_path.exists() and read_json(result_path).get("key") == key:
             log.info("set %s: up to date", name)
             result = read_json(result_path)
         else:
-            result = evaluate_set(model, cfg.batch_size, manifest.read(path), recipe, out / name)
+            result = evaluate_set(reader, cfg.batch_size, manifest.read(path), recipe, out / name)
             result.update(
                 key=key,
                 set=name,
                 model=cfg.name,
                 model_fingerprint=model_print,
-                layout=cfg.layout,
+                layout=layout,
                 code_version=__version__,
                 recipe=to_dict(recipe),
             )
@@ -73,6 +75,7 @@ def run(recipe: Recipe, model_name: str | None = None, run_name: str | None = No
         rows.append(
             {k: result[k] for k in ("set", "utterances", "wer", "wer_low", "wer_high", "cer")}
             | {"rejects": len(result["rejects"]), "utt_per_s": result["utt_per_s"]}
+            | {"layout": result["layout"]}
         )
     table = pd.DataFrame(rows)
     report = format_table(table, ["set"])

@@ -72,9 +72,10 @@ def estimate_log_ratio(cfg: SelectConfig, pool_emb, target_emb, pool_groups, los
     return ratios.combine(*parts), info
 
 
-def run(recipe: Recipe) -> pd.DataFrame:
+def run(recipe: Recipe, out: Path | None = None) -> pd.DataFrame:
+    """Select every method's subset into ``out`` (default: <data_dir>/select)."""
     cfg = recipe.select
-    out = recipe.root / "select"
+    out = out or recipe.root / "select"
     log.info(
         "Stage 3: select %d of %s for %s -> %s", cfg.budget, cfg.pool, ", ".join(cfg.methods), out
     )

@@ -1,0 +1,103 @@
+"""The comparison that shows what selection buys: every selector's subset fine-tuned with the
+same settings at the same budget, over several seeds, plus a budget sweep; each model
+evaluated on the test sets; then the report.
+
+Runs are named as ``pipeline.report`` reads them: ``<system>`` (the recipe's seed and budget),
+``<system>-s<seed>`` and ``<system>-k<budget>-s<seed>``; fine-tuned models live in
+``finetune/<run>/`` and their results in ``evaluate/<run>/``. Selections for other seeds and
+budgets are drawn into ``select/variants/k<budget>-s<seed>/``. Every step skips work whose
+inputs are unchanged, so a second run (or a rerun after a kill) only does what is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, replace
+
+from pipeline import evaluate, finetune, report, select
+from pipeline.config import Recipe
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Arm:
+    system: str  # select method whose subset trains
+    seed: int
+    budget: int
+
+    def name(self, recipe: Recipe) -> str:
+        if self.budget != recipe.select.budget:
+            return f"{self.system}-k{self.budget}-s{self.seed}"
+        if self.seed != recipe.seed:
+            return f"{self.system}-s{self.seed}"
+        return self.system
+
+
+def plan(recipe: Recipe, quick: bool) -> list[Arm]:
+    """The arms to train: systems x seeds at the recipe's budget, then the sweep."""
+    cfg = recipe.experiment
+    systems = cfg.quick_systems if quick else cfg.systems
+    seeds = cfg.quick_seeds if quick else cfg.seeds
+    arms = [Arm(s, seed, recipe.select.budget) for seed in seeds for s in systems]
+    if not quick:
+        arms += [
+            Arm(s, seed, k)
+            for k in cfg.sweep_budgets
+            if k != recipe.select.budget
+            for seed in seeds
+            for s in cfg.sweep_systems
+        ]
+    return arms
+
+
+def seeded(recipe: Recipe, seed: int, budget: int) -> Recipe:
+    """The recipe with this seed (selection and training order) and budget."""
+    return replace(
+        recipe,
+        seed=seed,
+        select=replace(recipe.select, budget=budget),
+        finetune=replace(recipe.finetune, seed=seed),
+    )
+
+
+def subset_name(recipe: Recipe, arm: Arm) -> str:
+    """The subset's folder under select/: the main selection, or a variant's."""
+    if arm.seed == recipe.seed and arm.budget == recipe.select.budget:
+        return arm.system
+    return f"variants/k{arm.budget}-s{arm.seed}/{arm.system}"
+
+
+def run(recipe: Recipe, quick: bool = False) -> dict:
+    """Train and evaluate every arm (skipping what is done), then write the report."""
+    arms = plan(recipe, quick)
+    log.info("Experiment %s: %d arm(s)%s", recipe.name, len(arms), " (quick: make demo's)" * quick)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    evaluate.run(recipe)  # the pretrained model, in the recipe's layout
+    timings["evaluate pretrained"] = time.perf_counter() - started
+    selected: set[tuple[int, int]] = set()
+    if (recipe.root / "select" / "summary.json").exists():  # make select ran already
+        selected.add((recipe.seed, recipe.select.budget))
+    eval_recipe = replace(recipe, model=replace(recipe.model, layout=recipe.experiment.eval_layout))
+    for arm in arms:
+        variant = seeded(recipe, arm.seed, arm.budget)
+        name, subset = arm.name(recipe), subset_name(recipe, arm)
+        if (arm.seed, arm.budget) not in selected:
+            select.run(variant, (recipe.root / "select" / subset).parent)
+            selected.add((arm.seed, arm.budget))
+        if not (recipe.root / "select" / subset / "subset.parquet").exists():
+            log.warning("experiment: %s skipped: select wrote no %s subset", name, arm.system)
+            continue
+        started = time.perf_counter()
+        finetune.run(variant, subset, name=name)
+        timings[f"finetune {name}"] = time.perf_counter() - started
+        started = time.perf_counter()
+        model_dir = recipe.root / "finetune" / name / "model"
+        evaluate.run(eval_recipe, str(model_dir), name)
+        timings[f"evaluate {name}"] = time.perf_counter() - started
+    results = report.run(recipe)
+    for step, seconds in timings.items():
+        log.info("time: %s %.0f s", step, seconds)
+    return results

@@ -1,0 +1,89 @@
+"""The comparison end to end on a tiny model: select per seed, fine-tune, evaluate, report."""
+
+import itertools
+import json
+
+import numpy as np
+
+from pipeline import evaluate, experiment, manifest, prepare
+from pipeline.config import load_recipe
+from tests.factories import TEXTS, write_subset
+from tests.test_select import ACCENTS, NOISES, fake_scored_set
+
+
+def test_plan_names_runs_as_the_report_reads_them(write_recipe):
+    recipe = load_recipe(
+        write_recipe(
+            {
+                "seed": 0,
+                "select": {"budget": 300},
+                "experiment": {
+                    "systems": ["rsft", "random"],
+                    "seeds": [0, 1],
+                    "sweep_budgets": [100, 300],
+                    "sweep_systems": ["rsft"],
+                },
+            }
+        )
+    )
+    names = [a.name(recipe) for a in experiment.plan(recipe, quick=False)]
+    assert names == ["rsft", "random", "rsft-s1", "random-s1", "rsft-k100-s0", "rsft-k100-s1"]
+    quick = [a.name(recipe) for a in experiment.plan(recipe, quick=True)]
+    assert quick == ["rsft", "random"]
+    arm = experiment.Arm("rsft", 1, 100)
+    assert experiment.subset_name(recipe, arm) == "variants/k100-s1/rsft"
+
+
+def test_quick_experiment_trains_evaluates_and_reports(
+    write_recipe, tmp_path, tiny_whisper_dir, monkeypatch
+):
+    monkeypatch.setattr(evaluate, "MODELS_DIR", tmp_path / "models")
+    root = tmp_path / "data"
+    pool = [(a, n) for a in ACCENTS for n in NOISES for _ in range(30)]
+    fake_scored_set(root, "pool", pool, np.random.default_rng(1))
+    fake_scored_set(root, "target", [("caribbean", NOISES[2])] * 30, np.random.default_rng(1))
+    write_subset(root, "unused")  # three real espeak-ng commands: every pool row speaks one
+    frame = manifest.read(root / "prepare" / "manifests" / "pool.parquet")
+    spoken = itertools.islice(itertools.cycle(range(3)), len(frame))
+    picks = list(spoken)
+    frame["audio_path"] = [str(root / "audio" / f"u{i}.flac") for i in picks]
+    frame["text"] = [TEXTS[i] for i in picks]
+    manifest.write(frame, root / "prepare" / "manifests" / "pool.parquet", root=root)
+    recipe = load_recipe(
+        write_recipe(
+            {
+                "model": {"name": str(tiny_whisper_dir)},
+                "prepare": {
+                    "workers": 1,
+                    "sets": [
+                        {
+                            "name": "test_target",
+                            "split": "test",
+                            "source": {"kind": "synth", "parts": [{"count": 3, "voices": ["us"]}]},
+                        }
+                    ],
+                },
+                "select": {"budget": 8, "folds": 2, "methods": ["rsft", "random"]},
+                "finetune": {"steps": 2, "batch_size": 4, "lr": 1e-3, "warmup_steps": 1},
+                "evaluate": {"bootstrap": 20},
+                "report": {"bootstrap": 20, "clean_set": None, "noisy_set": None, "real_set": None},
+                "experiment": {"quick_systems": ["rsft", "random"], "quick_seeds": [0, 1]},
+            }
+        )
+    )
+    prepare.run(recipe)
+    results = experiment.run(recipe, quick=True)
+    runs = {p.name for p in (root / "evaluate").iterdir()}
+    assert {"pretrained", "rsft", "random", "rsft-s1", "random-s1"} <= runs
+    assert (root / "select" / "variants" / "k8-s1" / "rsft" / "subset.parquet").exists()
+    first = json.loads((root / "finetune" / "rsft" / "train_log.json").read_text())
+    other = json.loads((root / "finetune" / "rsft-s1" / "train_log.json").read_text())
+    assert first["subset_sha256"] != other["subset_sha256"]  # another seed, another draw
+    wer = json.loads((root / "evaluate" / "rsft" / "test_target" / "wer.json").read_text())
+    assert wer["layout"] == "packed"  # experiment.eval_layout for fine-tuned models
+    systems = {row["system"]: row for row in results["systems"]}
+    assert systems["rsft"]["seeds"] == [0, 1] and systems["random"]["seeds"] == [0, 1]
+    assert (root / "report" / "results.json").exists()
+    stamp = (root / "finetune" / "rsft" / "model" / "model.safetensors").stat().st_mtime_ns
+    experiment.run(recipe, quick=True)  # a second run reuses what is done
+    assert (root / "finetune" / "rsft" / "model" / "model.safetensors").stat().st_mtime_ns == stamp
