@@ -206,8 +206,9 @@ def training_function(
         bad_in_row = bad_in_row + 1 if loss is None else 0
         if bad_in_row >= cfg.max_bad_steps:
             raise UserError(
-                f"finetune: loss was NaN or infinite at {bad_in_row} steps in a row (step "
-                f"{step + 1}); lower finetune.lr or check the subset's audio and text"
+                f"finetune: loss was NaN or infinite, or no audio was readable, at {bad_in_row} "
+                f"steps in a row (step {step + 1}); lower finetune.lr or check the subset's "
+                "audio and text"
             )
         scheduler.step()
         step += 1
@@ -281,7 +282,7 @@ def _train_step(accelerator, model, wrapped, anchor, optimizer, batches, cfg, st
     """One optimizer step over ``grad_accum`` micro-batches; its mean loss, or None when a
     loss was NaN or infinite on any process (the step is skipped, its slot in the schedule
     used). Every process takes the same branches, or DDP would wait for the one that left."""
-    total, bad = 0.0, False
+    total, bad, used = 0.0, False, 0
     for micro in range(cfg.grad_accum):
         batch = dict(next(batches))
         speech_s, input_s = batch.pop("speech_s", 0.0), batch.pop("input_s", 0.0)
@@ -303,7 +304,8 @@ def _train_step(accelerator, model, wrapped, anchor, optimizer, batches, cfg, st
                 continue
             accelerator.backward(loss)
             total += loss.item() / cfg.grad_accum
-    if bad:
+            used += 1
+    if bad or not used:  # NaN/inf, or no readable audio in any micro-batch
         optimizer.zero_grad()
         return None
     optimizer.step()

@@ -103,7 +103,9 @@ def test_nan_losses_are_skipped_then_stop_the_run(ft_recipe, monkeypatch):
         return loss * float("inf"), logits, mask
 
     monkeypatch.setattr(forgetting, "forward", infinite)
-    with pytest.raises(UserError, match="NaN or infinite at 3 steps in a row"):
+    with pytest.raises(
+        UserError, match="NaN or infinite, or no audio was readable, at 3 steps in a row"
+    ):
         finetune.run(recipe, resume=True)  # resume: no checkpoint, so it trains from step 0
 
 
@@ -277,3 +279,11 @@ def test_padding_and_throughput_are_logged_with_tensorboard_events(ft_recipe):
     assert packed["padding_fraction"] == pytest.approx(1 - speech_s / 60)
     assert standard["padding_fraction"] == pytest.approx(1 - speech_s / 120)
     assert packed["train_seconds"] > 0
+
+
+def test_a_subset_with_no_readable_audio_stops_with_a_clear_error(ft_recipe):
+    _, recipe = ft_recipe(steps=6, max_bad_steps=2)
+    for path in (recipe.root / "audio").glob("*.flac"):
+        path.write_bytes(b"not audio")
+    with pytest.raises(UserError, match="no audio was readable, at 2 steps in a row"):
+        finetune.run(recipe)
