@@ -95,7 +95,8 @@ def evaluate_set(
     if recipe.evaluate.limit is not None:
         frame = frame.head(recipe.evaluate.limit)
     started = time.perf_counter()
-    joined = model.layout == "packed" and recipe.evaluate.packed_split == "references"
+    packed = getattr(model, "layout", None) == "packed"  # CTC models have one layout
+    joined = packed and recipe.evaluate.packed_split == "references"
     if joined and hasattr(model, "transcribe_joined"):
         by = [c for c in recipe.evaluate.group_by if c in frame.columns]
         hyps, rejects, audio_s = _decode_joined(model, frame, batch_size, by, out.name)
