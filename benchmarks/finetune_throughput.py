@@ -1,0 +1,486 @@
+"""Fine-tuning throughput: the finetune stage beside the standard Hugging Face Whisper recipe.
+
+Both recipes train the same model (default: the bundled Whisper tiny.en) on the same slice of
+the demo's ``rsft`` subset (a fixed sample of N utterances, each once) for the same number of
+epochs, with the recipe's learning rate, batch size, warmup and seed, on this machine's CPU:
+
+  standard  ``transformers.Seq2SeqTrainer`` as in the Hugging Face Whisper fine-tuning blog:
+            log-mel features of every utterance padded to 30 s (WhisperFeatureExtractor
+            defaults), computed by ``datasets.Dataset.map``; labels from the tokenizer;
+            DataCollatorSpeechSeq2SeqWithPadding; fp32; no evaluation, no checkpoints
+  rsft      ``pipeline.finetune.run`` on recipes/demo.yaml with its defaults (what
+            ``rsft finetune`` does), its data_dir a temporary folder holding the slice and
+            links to the prepared manifests; only steps (and --batch-size) are overridden
+
+Timed, wall clock: standard = ``trainer.train()`` alone (its features were computed before,
+once, by the map, which is timed and shown apart: the blog pays it once for all epochs);
+rsft = the whole ``finetune.run()`` call minus the time spent inside
+``pipeline.models.loader.load``, so it includes reading audio, features, the training steps,
+any checkpoints the recipe's ``save_every`` asks for, and writing the model, card and log.
+This leans toward the standard recipe. Model loading and imports are outside both.
+Throughput = seconds of audio trained on (duration_s of the slice x epochs; packing gaps and
+30 s padding do not count) / timed seconds; CPU time (user + system) is given beside it.
+
+After training, each model decodes the first ``--dev`` utterances of dev_target in the same
+setting (``pipeline.validation.dev_wer``: greedy, standard 30 s layout, the recipe's model
+options). Each recipe runs in its own process, so its peak RSS (ru_maxrss at the end of
+training, imports and model included) is its own. The machine is shared: absolute times are
+noisy, which is why both run in one script, one after the other.
+
+    python benchmarks/finetune_throughput.py [--utterances 48] [--epochs 2] [--json OUT]
+    python benchmarks/finetune_throughput.py --quick        # a small smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+# torch, transformers and the stages are imported in the child processes only
+import numpy as np  # noqa: E402
+
+from pipeline import manifest, metrics  # noqa: E402
+from pipeline.config import load_recipe as read_recipe  # noqa: E402
+
+RECIPE = REPO / "recipes" / "demo.yaml"
+DATA_ROOT = REPO / "data" / "demo"
+SUBSET = "rsft"
+DEV_SET = "dev_target"
+RECIPES = ("standard", "rsft")
+TARGET_RATIO = 5.0  # rsft must train at least this many times the standard recipe's audio/s
+
+
+# -- the shared inputs ------------------------------------------------------------------------
+
+
+def training_slice(data_root: Path, utterances: int):
+    """A fixed sample of the subset (seed 0; ids encode the pool part, so the first N by id
+    would all be one accent), each row once (no ``count`` repeats), in id order."""
+    frame = manifest.read(data_root / "select" / SUBSET / "subset.parquet")
+    frame = frame.sample(n=min(utterances, len(frame)), random_state=0).sort_values("id")
+    return frame.drop(columns=["count"], errors="ignore").reset_index(drop=True)
+
+
+def make_data_dir(work: Path, data_root: Path, frame) -> Path:
+    """A data_dir for the finetune stage: the slice as its subset, the prepared manifests linked."""
+    data_dir = work / "data"
+    (data_dir / "prepare").mkdir(parents=True)
+    (data_dir / "prepare" / "manifests").symlink_to((data_root / "prepare" / "manifests").resolve())
+    manifest.write(frame, data_dir / "select" / SUBSET / "subset.parquet")
+    return data_dir
+
+
+def load_recipe(data_dir: Path, model: str | None, steps: int, batch_size: int | None):
+    """recipes/demo.yaml with its defaults; only data_dir, steps (and what was asked) changed."""
+    overrides = [f"data_dir={data_dir}", f"finetune.steps={steps}"]
+    overrides += [f"finetune.batch_size={batch_size}"] if batch_size else []
+    overrides += [f"model.name={model}"] if model else []
+    return read_recipe(RECIPE, overrides)
+
+
+# -- one recipe per process -------------------------------------------------------------------
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def clock() -> tuple[float, float]:
+    """(wall, CPU) seconds now; CPU time (user + system, every thread of this process) is
+    less sensitive than wall time to other work on a shared machine."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return time.perf_counter(), usage.ru_utime + usage.ru_stime
+
+
+def since(start: tuple[float, float]) -> tuple[float, float]:
+    now = clock()
+    return now[0] - start[0], now[1] - start[1]
+
+
+def train_rsft(recipe) -> dict:
+    """``finetune.run`` timed whole, minus the model loading it does through the loader."""
+    from pipeline import finetune
+    from pipeline.models import loader
+
+    loading = []
+    real_load = loader.load
+
+    def timed_load(*args, **kwargs):
+        start = clock()
+        try:
+            return real_load(*args, **kwargs)
+        finally:
+            loading.append(since(start))
+
+    loader.load = timed_load  # only to leave model loading out of the timed seconds
+    try:
+        start = clock()
+        record = finetune.run(recipe)
+        wall_s, cpu_s = since(start)
+    finally:
+        loader.load = real_load
+    losses = [x for x in record["losses"] if x is not None]
+    return {
+        "timed_s": wall_s - sum(w for w, _ in loading),
+        "cpu_s": cpu_s - sum(c for _, c in loading),
+        "load_s": sum(w for w, _ in loading),
+        "steps": record["steps"],
+        "losses": losses,
+        "model_dir": str(recipe.root / "finetune" / SUBSET / "model"),
+    }
+
+
+def train_standard(recipe, spec: dict, work: Path) -> dict:
+    """The Hugging Face blog's recipe with the recipe's lr, batch size, warmup and seed."""
+    import datasets
+    import transformers
+
+    from pipeline import audio
+    from pipeline.evaluate import MODELS_DIR
+    from pipeline.models import loader
+
+    start = time.perf_counter()
+    wrapped = loader.load(recipe.model, MODELS_DIR)
+    load_s = time.perf_counter() - start
+    model, processor = wrapped.model, wrapped.processor
+    cfg = recipe.finetune
+
+    def prepare_dataset(example):
+        wave = audio.read(example["audio_path"])[0]  # 16 kHz mono, as datasets' Audio gives
+        example["input_features"] = processor.feature_extractor(
+            wave, sampling_rate=16000
+        ).input_features[0]
+        example["labels"] = processor.tokenizer(example["text"]).input_ids
+        return example
+
+    frame = manifest.read(recipe.root / "select" / SUBSET / "subset.parquet")  # rsft's input
+    table = datasets.Dataset.from_dict(
+        {"audio_path": frame["audio_path"].tolist(), "text": frame["text"].tolist()}
+    )
+    args = transformers.Seq2SeqTrainingArguments(
+        output_dir=str(work / "standard"),
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr,
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        num_train_epochs=spec["epochs"],
+        max_steps=spec["max_steps"],  # -1: epochs decide
+        seed=recipe.seed if cfg.seed is None else cfg.seed,
+        use_cpu=True,
+        eval_strategy="no",
+        save_strategy="no",
+        logging_steps=1,
+        report_to=[],
+        disable_tqdm=True,
+    )
+    start = clock()
+    train_set = table.map(prepare_dataset, remove_columns=table.column_names)
+    features_s, features_cpu_s = since(start)
+    trainer = transformers.Seq2SeqTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        data_collator=DataCollatorSpeechSeq2SeqWithPadding(
+            processor, model.config.decoder_start_token_id
+        ),
+        processing_class=processor.feature_extractor,
+    )
+    trainer.remove_callback(transformers.PrinterCallback)
+    start = clock()
+    trainer.train()
+    train_s, train_cpu_s = since(start)
+    model_dir = work / "standard" / "model"
+    trainer.save_model(str(model_dir))
+    processor.save_pretrained(str(model_dir))
+    losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+    return {
+        "timed_s": train_s,
+        "cpu_s": train_cpu_s,
+        "features_s": features_s,
+        "features_cpu_s": features_cpu_s,
+        "train_s": train_s,
+        "load_s": load_s,
+        "steps": trainer.state.global_step,
+        "losses": losses,
+        "model_dir": str(model_dir),
+    }
+
+
+class DataCollatorSpeechSeq2SeqWithPadding:
+    """The blog's collator: pad features and labels, -100 on label padding, no leading SOT."""
+
+    def __init__(self, processor, decoder_start_token_id: int):
+        self.processor = processor
+        self.decoder_start_token_id = decoder_start_token_id
+
+    def __call__(self, features):
+        inputs = [{"input_features": f["input_features"]} for f in features]
+        batch = self.processor.feature_extractor.pad(inputs, return_tensors="pt")
+        labels_batch = self.processor.tokenizer.pad(
+            [{"input_ids": f["labels"]} for f in features], return_tensors="pt"
+        )
+        labels = labels_batch["input_ids"].masked_fill(labels_batch.attention_mask.ne(1), -100)
+        # the model prepends the start token itself when it shifts the labels right
+        if (labels[:, 0] == self.decoder_start_token_id).all().cpu().item():
+            labels = labels[:, 1:]
+        batch["labels"] = labels
+        return batch
+
+
+def dev_wer(recipe, model_name: str, data_root: Path, dev: int) -> dict:
+    """WER of ``model_name`` on the first ``dev`` dev_target utterances by id, from the
+    product's helper, with the per-utterance errors of the same hypotheses (for a paired
+    bootstrap) and the decoding seconds."""
+    from pipeline import metrics, text, validation
+    from pipeline.evaluate import MODELS_DIR
+    from pipeline.models import loader
+
+    model = loader.load(replace(recipe.model, name=model_name, layout="standard"), MODELS_DIR)
+    paths = validation.manifest_paths(data_root, [DEV_SET])
+    waves, texts = validation.load_sets(paths, dev)[DEV_SET]
+    hyps, transcribe = {}, model.transcribe
+
+    def recording(batch):  # dev_wer batches by length: keep each hypothesis by its wave
+        out = transcribe(batch)
+        hyps.update({id(w): h for w, h in zip(batch, out, strict=True)})
+        return out
+
+    model.transcribe = recording
+    start = time.perf_counter()
+    wer = validation.dev_wer(model, waves, texts, recipe.model.batch_size)
+    seconds = time.perf_counter() - start
+    errors = metrics.utterance_errors(
+        text.normalize_batch(texts), text.normalize_batch([hyps[id(w)] for w in waves])
+    )
+    return {
+        "dev_wer": wer,
+        "dev_decode_s": seconds,
+        "dev_errors": errors["errors"].tolist(),
+        "dev_ref_words": errors["ref_words"].tolist(),
+    }
+
+
+def child(which: str, spec: dict) -> dict:
+    """Train one recipe (or, for 'pretrained', train nothing) and decode the dev slice."""
+    work, data_root = Path(spec["work"]), Path(spec["data_root"])
+    recipe = load_recipe(Path(spec["data_dir"]), spec["model"], spec["steps"], spec["batch_size"])
+    load_before = os.getloadavg()[0]
+    if which == "pretrained":
+        out = {"model_dir": recipe.model.name}
+    else:
+        trained = train_rsft(recipe) if which == "rsft" else train_standard(recipe, spec, work)
+        out = {**trained, "peak_rss_mib": peak_rss_mib()}
+    out["load_avg_1min"] = [load_before, os.getloadavg()[0]]
+    return {**out, **dev_wer(recipe, out["model_dir"], data_root, spec["dev"])}
+
+
+# -- the parent: inputs, both children, the table ---------------------------------------------
+
+
+def run_child(which: str, spec: dict, work: Path) -> dict:
+    result = work / f"{which}.json"
+    command = [sys.executable, __file__, "--child", which, "--spec", json.dumps(spec)]
+    command += ["--child-out", str(result)]
+    subprocess.run(command, check=True, cwd=REPO)
+    return json.loads(result.read_text())
+
+
+def summarise(rows: dict, audio_s: float) -> dict:
+    """Throughputs per recipe, then rsft over standard (wall and CPU time) and the WER gap."""
+    for row in rows.values():
+        if "timed_s" in row:
+            row["audio_s_per_s"] = audio_s / row["timed_s"]
+            row["audio_s_per_cpu_s"] = audio_s / row["cpu_s"]
+            row["s_per_step"] = row["timed_s"] / max(1, row["steps"])
+            tail = row["losses"][-5:]
+            row["final_loss"] = sum(tail) / len(tail) if tail else math.nan
+    ours, std = rows["rsft"], rows["standard"]
+    with_features = audio_s / (std["timed_s"] + std["features_s"])
+    paired = metrics.paired_bootstrap(
+        std["dev_errors"], ours["dev_errors"], std["dev_ref_words"], np.random.default_rng(0)
+    )
+    return {
+        "ratio": ours["audio_s_per_s"] / std["audio_s_per_s"],
+        "ratio_with_standard_features": ours["audio_s_per_s"] / with_features,
+        "ratio_cpu": ours["audio_s_per_cpu_s"] / std["audio_s_per_cpu_s"],
+        "target_ratio": TARGET_RATIO,
+        "dev_wer_delta": ours["dev_wer"] - std["dev_wer"],
+        "dev_wer_delta_95ci": [paired["low"], paired["high"]],
+        "dev_wer_delta_p": paired["p_value"],
+    }
+
+
+def print_table(settings: dict, rows: dict, verdict: dict) -> None:
+    s = settings
+    print(
+        f"\n{s['utterances']} utterances ({s['slice_audio_s']:.0f} s of audio) x "
+        f"{s['epochs']:g} epoch(s) = {s['steps']} steps of batch {s['batch_size']}, lr "
+        f"{s['lr']:g}, warmup {s['warmup_steps']}, rsft layout {s['layout']}; {s['model']}; "
+        f"dev WER on the first {s['dev']} of {DEV_SET}"
+    )
+    print(
+        f"{'recipe':>10} {'timed s':>8} {'s/step':>7} {'audio s/s':>10} {'per CPU s':>10} "
+        f"{'final loss':>10} {'dev WER %':>9} {'peak RSS MiB':>12} {'untimed load s':>14}"
+    )
+    for name in ("standard", "rsft", "pretrained"):
+        row = rows.get(name)
+        if row is None:
+            continue
+        wer = f"{100 * row['dev_wer']:9.1f}"
+        if "timed_s" not in row:
+            print(f"{name:>10} {'':>8} {'':>7} {'':>10} {'':>10} {'':>10} {wer}  (not trained)")
+            continue
+        print(
+            f"{name:>10} {row['timed_s']:8.1f} {row['s_per_step']:7.2f} "
+            f"{row['audio_s_per_s']:10.2f} {row['audio_s_per_cpu_s']:10.2f} "
+            f"{row['final_loss']:10.3f} {wer} {row['peak_rss_mib']:12.0f} {row['load_s']:14.1f}"
+        )
+    std, load = rows["standard"], {n: rows[n]["load_avg_1min"] for n in RECIPES}
+    low, high = verdict["dev_wer_delta_95ci"]
+    print(
+        f"\nrsft / standard, audio seconds per second: {verdict['ratio']:.2f}x wall clock (target "
+        f"{TARGET_RATIO:g}x), "
+        f"{verdict['ratio_cpu']:.2f}x CPU time; dev WER {100 * rows['rsft']['dev_wer']:.1f} vs "
+        f"{100 * std['dev_wer']:.1f}: {100 * verdict['dev_wer_delta']:+.1f} points [95% CI "
+        f"{100 * low:+.1f}, {100 * high:+.1f}; paired bootstrap p {verdict['dev_wer_delta_p']:.2f}"
+        "]\n"
+        f"standard: trainer.train {std['train_s']:.1f} s; its features, before it, "
+        f"{std['features_s']:.1f} s (counting them: {verdict['ratio_with_standard_features']:.2f}x)"
+        "\nload average (1 min) before/after training: "
+        + ", ".join(f"{n} {a:.1f}/{b:.1f}" for n, (a, b) in load.items())
+        + f"; whole script {s['wall_s']:.0f} s ({s['code']})"
+    )
+
+
+def schedule(frame, cfg, epochs: int | None, steps: int | None) -> tuple[int, float, float]:
+    """(steps, epochs, seconds of audio trained on) for ``epochs`` or ``steps`` of batches of
+    ``cfg.batch_size`` utterances; a part epoch counts at the slice's mean duration."""
+    per_step = cfg.batch_size * cfg.grad_accum
+    per_epoch = math.ceil(len(frame) / per_step)
+    if getattr(cfg, "batch_seconds", None):
+        print("warning: rsft batches by duration (finetune.batch_seconds): epochs differ")
+    steps = steps or epochs * per_epoch
+    full, part = divmod(steps, per_epoch)
+    total_s = float(frame["duration_s"].sum())
+    return steps, steps / per_epoch, full * total_s + part * per_step * total_s / len(frame)
+
+
+def code_version() -> str:
+    """The commit, and whether the product's code differs from it (the tree is shared)."""
+    try:
+        git = ["git", "-C", str(REPO)]
+        head = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True)
+        dirty = subprocess.run(git + ["status", "--porcelain", "pipeline"], capture_output=True)
+    except OSError:
+        return "unknown"
+    commit = head.stdout.decode().strip() or "unknown"
+    return commit + (" + local changes" if dirty.stdout.strip() else "")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--utterances", type=int, default=48, help="training slice size")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--epochs", type=int, default=None, help="epochs for both (default 2)")
+    size.add_argument("--steps", type=int, help="optimizer steps for both, instead of epochs")
+    parser.add_argument("--batch-size", type=int, help="default: the recipe's finetune.batch_size")
+    parser.add_argument("--dev", type=int, default=40, help="dev_target utterances to decode")
+    parser.add_argument("--pretrained", action="store_true", help="also decode the base model")
+    parser.add_argument("--model", help="default: the recipe's model (bundled:whisper-tiny.en)")
+    parser.add_argument("--data-root", type=Path, default=DATA_ROOT, help="default: data/demo")
+    parser.add_argument("--json", type=Path, metavar="OUT", help="write the figures as JSON")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 4 utterances, batch 2, 1 epoch, 4 dev"
+    )
+    parser.add_argument("--child", choices=(*RECIPES, "pretrained"), help=argparse.SUPPRESS)
+    parser.add_argument("--spec", help=argparse.SUPPRESS)
+    parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.utterances, args.dev = 4, 4
+        args.batch_size = args.batch_size or 2
+    if args.steps is None and args.epochs is None:
+        args.epochs = 1 if args.quick else 2
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.child:
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%X")
+        args.child_out.write_text(json.dumps(child(args.child, json.loads(args.spec))))
+        return
+    started = time.perf_counter()
+    data_root = args.data_root.resolve()
+    subset = data_root / "select" / SUBSET / "subset.parquet"
+    if not subset.exists():
+        sys.exit(f"no subset at {subset}: run make prepare score select first")
+    with tempfile.TemporaryDirectory(prefix="rsft-bench-") as tmp:
+        work = Path(tmp)
+        frame = training_slice(data_root, args.utterances)
+        data_dir = make_data_dir(work, data_root, frame)
+        base = load_recipe(data_dir, args.model, 1, args.batch_size)
+        cfg = base.finetune
+        steps, epochs, audio_s = schedule(frame, cfg, args.epochs, args.steps)
+        spec = {
+            "work": str(work),
+            "data_root": str(data_root),
+            "data_dir": str(data_dir),
+            "model": args.model,
+            "steps": steps,
+            "batch_size": args.batch_size,
+            "epochs": math.ceil(epochs),
+            "max_steps": args.steps or -1,
+            "dev": args.dev,
+        }
+        rows = {}
+        for which in RECIPES + (("pretrained",) if args.pretrained else ()):
+            start = time.perf_counter()
+            rows[which] = run_child(which, spec, work)
+            rows[which]["process_s"] = time.perf_counter() - start
+    settings = {
+        "utterances": len(frame),
+        "audio_s": audio_s,
+        "slice_audio_s": float(frame["duration_s"].sum()),
+        "epochs": epochs,
+        "steps": steps,
+        "batch_size": cfg.batch_size,
+        "grad_accum": cfg.grad_accum,
+        "lr": cfg.lr,
+        "warmup_steps": cfg.warmup_steps,
+        "layout": cfg.layout,
+        "model": base.model.name,
+        "dev": args.dev,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "code": code_version(),
+        "wall_s": time.perf_counter() - started,
+    }
+    verdict = summarise(rows, audio_s)
+    print_table(settings, rows, verdict)
+    if args.json:
+        for row in rows.values():
+            for key in ("losses", "model_dir", "dev_errors", "dev_ref_words"):
+                row.pop(key, None)
+        figures = {"settings": settings, "recipes": rows, **verdict}
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
