@@ -139,8 +139,27 @@ def train_rsft(recipe) -> dict:
         "load_s": sum(w for w, _ in loading),
         "steps": record["steps"],
         "losses": losses,
+        "audio_s": record["speech_seconds"],  # what the product counted it trained on
+        "padding_fraction": record["padding_fraction"],
         "model_dir": str(recipe.root / "finetune" / SUBSET / "model"),
     }
+
+
+def rsft_steps(recipe, epochs: int) -> int:
+    """Steps for ``epochs`` passes over the subset with the recipe's own batches (a duration
+    budget makes batches, and so steps per epoch, differ from the standard recipe's)."""
+    from pipeline import manifest
+    from pipeline.batches import EpochBatches
+
+    cfg = recipe.finetune
+    frame = manifest.read(recipe.root / "select" / SUBSET / "subset.parquet")
+    seed = recipe.seed if cfg.seed is None else cfg.seed
+    batches = EpochBatches(frame["duration_s"].to_numpy(), seed, cfg.batch_size, cfg.batch_seconds)
+    total = 0
+    for epoch in range(epochs):
+        batches.use_epoch(epoch)
+        total += len(batches)
+    return math.ceil(total / cfg.grad_accum)
 
 
 def train_standard(recipe, spec: dict, work: Path) -> dict:
@@ -279,6 +298,9 @@ def child(which: str, spec: dict) -> dict:
     work, data_root = Path(spec["work"]), Path(spec["data_root"])
     recipe = load_recipe(Path(spec["data_dir"]), spec["model"], spec["steps"], spec["batch_size"])
     load_before = os.getloadavg()[0]
+    if which == "rsft" and recipe.finetune.batch_seconds and spec["max_steps"] < 0:
+        steps = rsft_steps(recipe, spec["epochs"])
+        recipe = load_recipe(Path(spec["data_dir"]), spec["model"], steps, spec["batch_size"])
     if which == "pretrained":
         out = {"model_dir": recipe.model.name}
     else:
@@ -303,8 +325,9 @@ def summarise(rows: dict, audio_s: float) -> dict:
     """Throughputs per recipe, then rsft over standard (wall and CPU time) and the WER gap."""
     for row in rows.values():
         if "timed_s" in row:
-            row["audio_s_per_s"] = audio_s / row["timed_s"]
-            row["audio_s_per_cpu_s"] = audio_s / row["cpu_s"]
+            seconds = row.get("audio_s", audio_s)  # the product counts its own
+            row["audio_s_per_s"] = seconds / row["timed_s"]
+            row["audio_s_per_cpu_s"] = seconds / row["cpu_s"]
             row["s_per_step"] = row["timed_s"] / max(1, row["steps"])
             tail = row["losses"][-5:]
             row["final_loss"] = sum(tail) / len(tail) if tail else math.nan
@@ -371,8 +394,6 @@ def schedule(frame, cfg, epochs: int | None, steps: int | None) -> tuple[int, fl
     ``cfg.batch_size`` utterances; a part epoch counts at the slice's mean duration."""
     per_step = cfg.batch_size * cfg.grad_accum
     per_epoch = math.ceil(len(frame) / per_step)
-    if getattr(cfg, "batch_seconds", None):
-        print("warning: rsft batches by duration (finetune.batch_seconds): epochs differ")
     steps = steps or epochs * per_epoch
     full, part = divmod(steps, per_epoch)
     total_s = float(frame["duration_s"].sum())

@@ -160,7 +160,9 @@ def training_function(
     anchor = forgetting.Anchor(model, cfg, accelerator.device)
     train_loader, sampler = get_dataloaders(frame, pool, wrapped, cfg, recipe.model.context_s, seed)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # fused: one kernel over every tensor (the default loop updates them one at a time,
+    # 0.7-2.4 s against 0.15-0.2 s a step for tiny.en on 2 CPU cores)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     # stepped by hand once per optimizer step: Accelerate's wrapper would step it once per
     # process, which shortens the schedule under `accelerate launch`
     scheduler = get_linear_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
