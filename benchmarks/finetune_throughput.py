@@ -83,9 +83,10 @@ def make_data_dir(work: Path, data_root: Path, frame) -> Path:
     return data_dir
 
 
-def load_recipe(data_dir: Path, model: str | None, steps: int, batch_size: int | None):
-    """recipes/demo.yaml with its defaults; only data_dir, steps (and what was asked) changed."""
-    overrides = [f"data_dir={data_dir}", f"finetune.steps={steps}"]
+def load_recipe(data_dir: Path, model: str | None, steps: int, batch_size: int | None, extra=()):
+    """recipes/demo.yaml with its defaults; only data_dir, steps (and what was asked) changed.
+    ``extra`` overrides (``--set``) apply to the product's run only."""
+    overrides = [f"data_dir={data_dir}", f"finetune.steps={steps}", *extra]
     overrides += [f"finetune.batch_size={batch_size}"] if batch_size else []
     overrides += [f"model.name={model}"] if model else []
     return read_recipe(RECIPE, overrides)
@@ -296,11 +297,16 @@ def dev_wer(recipe, model_name: str, data_root: Path, dev: int) -> dict:
 def child(which: str, spec: dict) -> dict:
     """Train one recipe (or, for 'pretrained', train nothing) and decode the dev slice."""
     work, data_root = Path(spec["work"]), Path(spec["data_root"])
-    recipe = load_recipe(Path(spec["data_dir"]), spec["model"], spec["steps"], spec["batch_size"])
+    extra = spec["set"] if which == "rsft" else []
+    recipe = load_recipe(
+        Path(spec["data_dir"]), spec["model"], spec["steps"], spec["batch_size"], extra
+    )
     load_before = os.getloadavg()[0]
     if which == "rsft" and recipe.finetune.batch_seconds and spec["max_steps"] < 0:
         steps = rsft_steps(recipe, spec["epochs"])
-        recipe = load_recipe(Path(spec["data_dir"]), spec["model"], steps, spec["batch_size"])
+        recipe = load_recipe(
+            Path(spec["data_dir"]), spec["model"], steps, spec["batch_size"], extra
+        )
     if which == "pretrained":
         out = {"model_dir": recipe.model.name}
     else:
@@ -425,6 +431,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data-root", type=Path, default=DATA_ROOT, help="default: data/demo")
     parser.add_argument("--json", type=Path, metavar="OUT", help="write the figures as JSON")
     parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="recipe override for the product's run only (e.g. finetune.batch_seconds=45)",
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="smoke run: 4 utterances, batch 2, 1 epoch, 4 dev"
     )
     parser.add_argument("--child", choices=(*RECIPES, "pretrained"), help=argparse.SUPPRESS)
@@ -469,6 +482,7 @@ def main(argv=None) -> None:
             "epochs": math.ceil(epochs),
             "max_steps": args.steps or -1,
             "dev": args.dev,
+            "set": args.set,
         }
         rows = {}
         for which in RECIPES + (("pretrained",) if args.pretrained else ()):
