@@ -41,6 +41,8 @@ demo: setup
 	$(PY) -m pipeline score recipes/demo.yaml
 	$(PY) -m pipeline select recipes/demo.yaml
 	$(PY) -m pipeline experiment recipes/demo.yaml --quick
+	@echo "demo: a quick comparison (rsft and random, one seed; experiment.quick_* in the recipe)."
+	@echo "      make compare RECIPE=recipes/demo.yaml trains every selector over 3 seeds plus a budget sweep."
 
 compare: setup
 	$(PY) -m pipeline experiment $(RECIPE) $(ARGS)
