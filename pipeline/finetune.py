@@ -92,29 +92,6 @@ def get_dataloaders(
     return loader, batches
 
 
-def freeze(model: torch.nn.Module, train: str) -> None:
-    """Set requires_grad for the chosen part of the model (see FinetuneConfig.train)."""
-    whisper = model.config.model_type == "whisper"
-    if train == "decoder_only" and not whisper:
-        raise UserError("finetune.train: 'decoder_only' needs Whisper; CTC models have no decoder")
-    if train in ("full", "lora"):  # LoRA: forgetting.add_lora freezes the base itself
-        return
-    if whisper:
-        core = model.model
-        frozen = {
-            "encoder_frozen": [core.encoder],
-            "decoder_only": [core.encoder, core.decoder.embed_tokens, core.decoder.embed_positions],
-            "feature_encoder_frozen": [core.encoder.conv1, core.encoder.conv2],
-        }[train]
-    else:
-        base = getattr(model, model.base_model_prefix)
-        frozen = {"encoder_frozen": [base], "feature_encoder_frozen": [base.feature_extractor]}[
-            train
-        ]
-    for module in frozen:
-        module.requires_grad_(False)
-
-
 def training_function(
     recipe: Recipe, subset: str, resume: bool, accelerator: Accelerator, name: str | None = None
 ) -> dict:
@@ -154,7 +131,7 @@ def training_function(
     dev_sets = validation.load_sets(dev_paths, cfg.eval_limit) if main and dev_paths else {}
     set_seed(seed)
     model = wrapped.model.train()
-    freeze(model, cfg.train)
+    forgetting.freeze(model, cfg.train)
     if cfg.train == "lora":
         model = forgetting.add_lora(model, cfg)
     anchor = forgetting.Anchor(model, cfg, accelerator.device)

@@ -1,4 +1,6 @@
-"""Forgetting control for stage 4: keep the fine-tuned model close to the pretrained one.
+"""What trains in stage 4, and what keeps the fine-tuned model close to the pretrained one.
+
+``freeze`` and ``add_lora`` choose the trainable part (finetune.train).
 
 Fine-tuning a recogniser on a few hundred utterances of one condition gains there and loses
 on everything else (design.md: +3.5 to +7.5 WER points on real speech in a prototype). The
@@ -23,6 +25,29 @@ from peft import LoraConfig, PeftModel, get_peft_model
 
 from pipeline.config import FinetuneConfig
 from pipeline.errors import UserError
+
+
+def freeze(model: torch.nn.Module, train: str) -> None:
+    """Set requires_grad for the chosen part of the model (see FinetuneConfig.train)."""
+    whisper = model.config.model_type == "whisper"
+    if train == "decoder_only" and not whisper:
+        raise UserError("finetune.train: 'decoder_only' needs Whisper; CTC models have no decoder")
+    if train in ("full", "lora"):  # LoRA: forgetting.add_lora freezes the base itself
+        return
+    if whisper:
+        core = model.model
+        frozen = {
+            "encoder_frozen": [core.encoder],
+            "decoder_only": [core.encoder, core.decoder.embed_tokens, core.decoder.embed_positions],
+            "feature_encoder_frozen": [core.encoder.conv1, core.encoder.conv2],
+        }[train]
+    else:
+        base = getattr(model, model.base_model_prefix)
+        frozen = {"encoder_frozen": [base], "feature_encoder_frozen": [base.feature_extractor]}[
+            train
+        ]
+    for module in frozen:
+        module.requires_grad_(False)
 
 
 def forward(model: torch.nn.Module, batch: dict[str, torch.Tensor]):
