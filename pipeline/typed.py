@@ -7,12 +7,15 @@ recipe author can find it without reading a traceback.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 from pipeline.errors import RecipeError
+
+FLOAT_WITHOUT_DOT = re.compile(r"[-+]?\d+[eE][-+]?\d+")
 
 MUST_EXIST = "must_exist"  # field metadata flag: the value is a path that has to exist
 
@@ -68,6 +71,8 @@ def _convert_scalar(tp: Any, value: Any, where: str) -> Any:
             raise RecipeError(f"{where}: expected an integer, got {_kind(value)}")
         return value
     if tp is float:
+        if isinstance(value, str) and FLOAT_WITHOUT_DOT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 5e-4 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise RecipeError(f"{where}: expected a number, got {_kind(value)}")
         return float(value)

@@ -140,3 +140,11 @@ def test_cli_reports_user_errors_in_one_line(write_recipe):
         "max_duration_s, min_duration_s, noise_files, noise_regions, noise_sources, "
         "sample_rate, sets, sonic_pi_dir, workers)"
     ]
+
+
+def test_exponent_without_a_dot_is_a_number(write_recipe):
+    # YAML 1.1 reads 5e-4 as a string; a float field takes it as the number it means
+    recipe = load_recipe(write_recipe({}), ["finetune.lr=5e-4"])
+    assert recipe.finetune.lr == 5e-4
+    with pytest.raises(RecipeError, match="finetune.lr: expected a number"):
+        load_recipe(write_recipe({}), ["finetune.lr=fast"])
