@@ -8,6 +8,7 @@ import io
 import pickle
 import re
 import shutil
+import stat
 import subprocess
 import tarfile
 import threading
@@ -458,3 +459,15 @@ def test_unsafe_archive_through_candidates(tmp_path):
         list(openslr.candidates(cfg, _ctx(tmp_path / "work")))
     assert not (tmp_path / "evil.txt").exists()
     assert not (tmp_path / "work" / "extracted").exists()
+
+
+def test_zip_symlink_refused(tmp_path):
+    archive = tmp_path / "link.zip"
+    link = zipfile.ZipInfo("data/link")
+    link.external_attr = (stat.S_IFLNK | 0o777) << 16
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("good/harmless.txt", "fine")
+        zf.writestr(link, "../../../etc/passwd")
+    with pytest.raises(UserError, match="'data/link' is a symbolic link"):
+        openslr.extract(archive, tmp_path / "work" / "extracted", "sha")
+    assert not (tmp_path / "work").exists()

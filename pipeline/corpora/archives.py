@@ -12,6 +12,7 @@ import hashlib
 import http.client
 import os
 import shutil
+import stat
 import tarfile
 import tempfile
 import urllib.error
@@ -138,17 +139,17 @@ def extract(archive: Path, dest: Path, checksum: str) -> Path:
         return dest
     try:
         with _open_archive(archive) as handle:
+            # exactly the members checked here are extracted, and nothing else
             if isinstance(handle, tarfile.TarFile):
-                _check_tar(handle, archive.name)
+                members = _check_tar(handle, archive.name)
                 # the data filter is a second guard, where this Python has it
                 options = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
             else:
-                for info in handle.infolist():
-                    _check_member(info.filename, {}, archive.name)
+                members = _check_zip(handle, archive.name)
                 options = {}
             tmp = _fresh_tmp(dest)
             try:
-                handle.extractall(tmp, **options)
+                handle.extractall(tmp, members=members, **options)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
@@ -178,7 +179,19 @@ def _fresh_tmp(dest: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
 
 
-def _check_tar(tar: tarfile.TarFile, archive_name: str) -> None:
+def _check_zip(archive: zipfile.ZipFile, archive_name: str) -> list[zipfile.ZipInfo]:
+    """Every entry, checked: inside the destination and not a symlink (zipfile would write a
+    link as a file holding its target, so a link in a corpus archive is refused)."""
+    members = archive.infolist()
+    for info in members:
+        _check_member(info.filename, {}, archive_name)
+        if stat.S_ISLNK(info.external_attr >> 16):
+            _refuse(archive_name, info.filename, "is a symbolic link")
+    return members
+
+
+def _check_tar(tar: tarfile.TarFile, archive_name: str) -> list[tarfile.TarInfo]:
+    """Every member, checked (see ``extract``); the list to extract."""
     members = tar.getmembers()
     links = {_key(m.name): m.linkname for m in members if m.issym()}
     for member in members:
@@ -190,6 +203,7 @@ def _check_tar(tar: tarfile.TarFile, archive_name: str) -> None:
         _check_member(member.name, links, archive_name)
         if member.islnk():  # hard-link targets are named from the archive root
             _check_member(member.linkname, links, archive_name, member.name)
+    return members
 
 
 def _check_member(path: str, links: dict[str, str], archive_name: str, member: str = "") -> None:

@@ -7,16 +7,14 @@ prompt into a guard part (a dev set that watches for forgetting) and a test part
 
 from __future__ import annotations
 
-import functools
 import gzip
 import hashlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipeline import audio
 from pipeline.config import AsteriskSource
-from pipeline.corpora.base import Candidate, Reject, SourceContext, take
+from pipeline.corpora.base import Candidate, Reject, SourceContext, file_candidate, take
 from pipeline.errors import UserError
 
 SPEAKER = "asterisk-allison"
@@ -75,14 +73,4 @@ def _entries(cfg: AsteriskSource) -> Iterator[Candidate | Reject]:
         if not wav.is_file():
             yield Reject(uid, f"audio file missing: {wav}", "asterisk")
             continue
-        stat = wav.stat()
-        yield Candidate(
-            id=uid,
-            text=text,
-            speaker=SPEAKER,
-            accent=ACCENT,
-            source="asterisk",
-            spec=f"{wav}:{stat.st_size}:{stat.st_mtime_ns}",
-            load=functools.partial(audio.read, str(wav)),
-            path=str(wav),
-        )
+        yield file_candidate(uid, text, SPEAKER, ACCENT, "asterisk", wav)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,24 @@ class Limits:
     sample_rate: int = audio.SAMPLE_RATE
     min_duration_s: float = 0.3
     max_duration_s: float = 30.0
+
+
+def file_candidate(
+    uid: str, text: str, speaker: str, accent: str, source: str, path: Path
+) -> Candidate:
+    """A Candidate for an audio file read where it lies; its spec (path, size, mtime) changes
+    when the file does, so prepare redoes it."""
+    info = path.stat()
+    return Candidate(
+        id=uid,
+        text=text,
+        speaker=speaker,
+        accent=accent,
+        source=source,
+        spec=f"{path}:{info.st_size}:{info.st_mtime_ns}",
+        load=partial(audio.read, str(path)),
+        path=str(path),
+    )
 
 
 def take(items: Iterable[Candidate | Reject], limit: int | None) -> Iterator[Candidate | Reject]:

@@ -14,14 +14,19 @@ The manifest's accent is the speaker's L1 from the corpus's published speaker ta
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 
-from pipeline import audio
 from pipeline.config import L2ArcticSource
-from pipeline.corpora.base import Candidate, Reject, SourceContext, check_text, kept, take
+from pipeline.corpora.base import (
+    Candidate,
+    Reject,
+    SourceContext,
+    check_text,
+    file_candidate,
+    kept,
+    take,
+)
 from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -102,14 +107,5 @@ def _speaker_entries(root: Path, speaker: str, cfg: L2ArcticSource) -> Iterator[
             yield Reject(utt, reason, SOURCE)
             continue
         path = wavs[prompt].resolve()
-        stat = os.stat(path)
-        yield Candidate(
-            id=utt,
-            text=" ".join(text.split()),  # one line, whatever whitespace the file holds
-            speaker=speaker,
-            accent=accent,
-            source=SOURCE,
-            spec=f"{path}:{stat.st_size}:{stat.st_mtime_ns}",
-            load=partial(audio.read, str(path)),
-            path=str(path),
-        )
+        # one line, whatever whitespace the file holds
+        yield file_candidate(utt, " ".join(text.split()), speaker, accent, SOURCE, path)

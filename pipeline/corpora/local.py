@@ -8,17 +8,22 @@ that is unusable as a whole (no table, no ``wav.scp``, a required column missing
 from __future__ import annotations
 
 import csv
-import os
 import re
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 
 import pandas as pd
 
-from pipeline import audio
 from pipeline.config import LocalSource
-from pipeline.corpora.base import Candidate, Reject, SourceContext, check_text, kept, take
+from pipeline.corpora.base import (
+    Candidate,
+    Reject,
+    SourceContext,
+    check_text,
+    file_candidate,
+    kept,
+    take,
+)
 from pipeline.errors import UserError
 
 SOURCE = "local"
@@ -230,14 +235,4 @@ def _file_candidate(
     path = next((p.resolve() for p in tries if p.is_file()), None)
     if path is None:
         return Reject(utt, f"audio file missing: {rel}", SOURCE)
-    stat = os.stat(path)
-    return Candidate(
-        id=utt,
-        text=text,
-        speaker=speaker,
-        accent=accent,
-        source=SOURCE,
-        spec=f"{path}:{stat.st_size}:{stat.st_mtime_ns}",
-        load=partial(audio.read, str(path)),
-        path=str(path),
-    )
+    return file_candidate(utt, text, speaker, accent, SOURCE, path)

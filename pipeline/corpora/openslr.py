@@ -11,14 +11,12 @@ it came from, so a rerun neither downloads nor extracts again.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipeline import audio
 from pipeline.config import OpenSLRSource
 from pipeline.corpora.archives import download, extract, is_extracted
-from pipeline.corpora.base import Candidate, Reject, SourceContext, kept, take
+from pipeline.corpora.base import Candidate, Reject, SourceContext, file_candidate, kept, take
 from pipeline.errors import UserError
 
 SOURCE = "openslr"
@@ -142,14 +140,4 @@ def _musan(root: Path, cfg: OpenSLRSource) -> list[Candidate | Reject]:
 
 
 def _candidate(utt_id: str, text: str, speaker: str, path: Path, accent: str) -> Candidate:
-    stat = path.stat()
-    return Candidate(
-        id=utt_id,
-        text=text,
-        speaker=speaker,
-        accent=accent,
-        source=SOURCE,
-        spec=f"{path}:{stat.st_size}:{stat.st_mtime_ns}",
-        load=functools.partial(audio.read, str(path)),  # picklable for worker processes
-        path=str(path),
-    )
+    return file_candidate(utt_id, text, speaker, accent, SOURCE, path)
