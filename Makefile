@@ -37,10 +37,7 @@ $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 # make demo runs the quick comparison (experiment.quick_systems, one seed) to stay within
 # its time; make compare runs every selector over seeds plus the budget sweep.
 demo: setup
-	$(PY) -m pipeline prepare recipes/demo.yaml
-	$(PY) -m pipeline score recipes/demo.yaml
-	$(PY) -m pipeline select recipes/demo.yaml
-	$(PY) -m pipeline experiment recipes/demo.yaml --quick
+	$(PY) -m pipeline run recipes/demo.yaml --quick
 	@echo "demo: a quick comparison (rsft and random, one seed; experiment.quick_* in the recipe)."
 	@echo "      make compare RECIPE=recipes/demo.yaml trains every selector over 3 seeds plus a budget sweep."
 

@@ -161,9 +161,18 @@ class Collator:
     of model input (windows or padded rows), whose ratio is the padding fraction's complement.
     """
 
-    def __init__(self, model: SpeechModel, layout: str, context_s: float, labels: str = "raw"):
+    def __init__(
+        self,
+        model: SpeechModel,
+        layout: str,
+        context_s: float,
+        labels: str = "raw",
+        gap_s: float | None = None,
+        first_fit: bool = False,
+    ):
         self.model, self.layout, self.context_s = model, layout, context_s
         self.normalize = labels == "normalized"
+        self.gap_s, self.first_fit = gap_s, first_fit
 
     def __call__(self, items) -> dict[str, torch.Tensor]:
         items = [x for x in items if x is not None]
@@ -182,7 +191,7 @@ class Collator:
         m = self.model
         if self.layout == "packed":
             # one window per group of utterances, the transcripts in order, one end of text
-            windows = m.pack(waves)
+            windows = m.pack(waves, self.gap_s, self.first_fit)
             waves = [w.wave for w in windows]
             tokens = [
                 [t for k in w.members for t in m.text_tokens(texts[k])[:-1]] + [m.eot]

@@ -54,6 +54,12 @@ def _experiment(args: argparse.Namespace) -> None:
     experiment.run(load_recipe(args.recipe, args.set), quick=args.quick)
 
 
+def _run(args: argparse.Namespace) -> None:
+    from pipeline import experiment
+
+    experiment.run_all(load_recipe(args.recipe, args.set), quick=args.quick)
+
+
 def _compare(args: argparse.Namespace) -> None:
     from pipeline import evaluate
 
@@ -76,6 +82,10 @@ STAGES = {
     "experiment": (
         _experiment,
         "fine-tune and evaluate every selector over seeds and budgets, then report",
+    ),
+    "run": (
+        _run,
+        "every stage in order (prepare, score, select, experiment); prints the time per stage",
     ),
 }
 
@@ -106,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
             stage.add_argument(
                 "--name", help="run name: output in finetune/NAME (default: the subset's name)"
             )
-        if name == "experiment":
+        if name in ("experiment", "run"):
             stage.add_argument(
                 "--quick",
                 action="store_true",

@@ -281,6 +281,11 @@ class FinetuneConfig:
     # of the cost of 'standard' (one utterance per 30 s); 'short' cuts the context to
     # model.context_s. CTC models ignore it.
     layout: Literal["standard", "short", "packed"] = "packed"
+    # packed layout: silence between training utterances (None: model.pack_gap_s), and how a
+    # batch is packed ('in_order' closes a window when the next utterance does not fit;
+    # 'first_fit' places the longest first, each in the first window with room: fuller windows)
+    pack_gap_s: float | None = None
+    packing: Literal["in_order", "first_fit"] = "in_order"
     # utterances are drawn batch_size at a time; with batch_seconds, instead, until their audio
     # reaches that many seconds (a duration budget per batch, so packed windows come out full)
     batch_seconds: float | None = None
@@ -468,6 +473,12 @@ def _check(recipe: Recipe) -> None:
             raise RecipeError(f"finetune.{key}: must be 0 or more")
     if ft.batch_seconds is not None and ft.batch_seconds <= 0:
         raise RecipeError("finetune.batch_seconds: must be positive, or null to count utterances")
+    for key, value in (
+        ("model.pack_gap_s", recipe.model.pack_gap_s),
+        ("finetune.pack_gap_s", ft.pack_gap_s),
+    ):
+        if value is not None and not 0.0 <= value < 30.0:
+            raise RecipeError(f"{key}: must be in [0, 30) seconds")
     if ft.lora_rank < 1:
         raise RecipeError("finetune.lora_rank: must be at least 1")
     if ft.guard_set is not None and not ft.eval_every:

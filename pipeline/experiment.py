@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 
 from pipeline import evaluate, finetune, report, select
 from pipeline.config import Recipe
+from pipeline.fsio import write_json
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +70,34 @@ def subset_name(recipe: Recipe, arm: Arm) -> str:
     return f"variants/k{arm.budget}-s{arm.seed}/{arm.system}"
 
 
-def run(recipe: Recipe, quick: bool = False) -> dict:
-    """Train and evaluate every arm (skipping what is done), then write the report."""
+def run_all(recipe: Recipe, quick: bool = False) -> dict:
+    """Every stage in order (prepare, score, select, then the experiment), each skipping
+    what is done; prints and writes (``report/timings.json``) the time each one took."""
+    from pipeline import prepare, score
+
+    timings: dict[str, float] = {}
+    for stage, step in (("prepare", prepare.run), ("score", score.run), ("select", select.run)):
+        started = time.perf_counter()
+        step(recipe)
+        timings[stage] = time.perf_counter() - started
+    results = run(recipe, quick, timings)
+    total = sum(timings.values())
+    print(f"time per stage ({recipe.name}{', quick' * quick}):")
+    for step, seconds in timings.items():
+        print(f"  {step:<32} {seconds / 60:6.1f} min")
+    print(f"  {'total':<32} {total / 60:6.1f} min")
+    stages = [{"stage": k, "seconds": round(v, 1)} for k, v in timings.items()]
+    write_json(recipe.root / "report" / "timings.json", {"quick": quick, "stages": stages})
+    return results
+
+
+def run(recipe: Recipe, quick: bool = False, timings: dict[str, float] | None = None) -> dict:
+    """Train and evaluate every arm (skipping what is done), then write the report.
+
+    ``timings`` (stage -> seconds) is filled in as the steps finish."""
     arms = plan(recipe, quick)
     log.info("Experiment %s: %d arm(s)%s", recipe.name, len(arms), " (quick: make demo's)" * quick)
-    timings: dict[str, float] = {}
+    timings = {} if timings is None else timings
     started = time.perf_counter()
     evaluate.run(recipe)  # the pretrained model, in the recipe's layout
     timings["evaluate pretrained"] = time.perf_counter() - started
@@ -97,7 +121,7 @@ def run(recipe: Recipe, quick: bool = False) -> dict:
         model_dir = recipe.root / "finetune" / name / "model"
         evaluate.run(eval_recipe, str(model_dir), name)
         timings[f"evaluate {name}"] = time.perf_counter() - started
+    started = time.perf_counter()
     results = report.run(recipe)
-    for step, seconds in timings.items():
-        log.info("time: %s %.0f s", step, seconds)
+    timings["report"] = time.perf_counter() - started
     return results

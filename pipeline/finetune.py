@@ -87,7 +87,9 @@ def get_dataloaders(
     loader = DataLoader(
         Utterances(*frames),
         batch_sampler=batches,
-        collate_fn=Collator(model, cfg.layout, context_s, cfg.labels),
+        collate_fn=Collator(
+            model, cfg.layout, context_s, cfg.labels, cfg.pack_gap_s, cfg.packing == "first_fit"
+        ),
     )
     return loader, batches
 

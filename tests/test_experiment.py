@@ -87,3 +87,26 @@ def test_quick_experiment_trains_evaluates_and_reports(
     stamp = (root / "finetune" / "rsft" / "model" / "model.safetensors").stat().st_mtime_ns
     experiment.run(recipe, quick=True)  # a second run reuses what is done
     assert (root / "finetune" / "rsft" / "model" / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_run_all_runs_the_stages_in_order_and_times_them(write_recipe, monkeypatch, capsys):
+    from pipeline import score, select
+
+    recipe = load_recipe(write_recipe({}))
+    calls = []
+    for module, stage in ((prepare, "prepare"), (score, "score"), (select, "select")):
+        monkeypatch.setattr(module, "run", lambda r, stage=stage: calls.append(stage))
+
+    def fake_experiment(r, quick, timings):
+        calls.append(f"experiment quick={quick}")
+        timings["finetune rsft"] = 60.0
+        return {"ok": True}
+
+    monkeypatch.setattr(experiment, "run", fake_experiment)
+    assert experiment.run_all(recipe, quick=True) == {"ok": True}
+    assert calls == ["prepare", "score", "select", "experiment quick=True"]
+    saved = json.loads((recipe.root / "report" / "timings.json").read_text())
+    assert saved["quick"] is True
+    assert [s["stage"] for s in saved["stages"]] == ["prepare", "score", "select", "finetune rsft"]
+    printed = capsys.readouterr().out
+    assert "finetune rsft" in printed and "1.0 min" in printed and "total" in printed

@@ -69,6 +69,17 @@ def test_packing_and_segment_assignment(tiny_whisper_dir, speech):
     first = windows[0]
     assert first.spans[1][0] == pytest.approx(first.spans[0][1] + 1.0)
     assert len(first.wave) / 16000 == pytest.approx(first.spans[-1][1])
+    # first fit (training): the longest first, each in the first window with room
+    sizes = [20, 12, 9, 8, 6, 1]  # seconds of audio; 56 s fill two windows exactly at gap 0
+    batch = [np.zeros(16000 * n, dtype=np.float32) for n in sizes]
+    in_order = model.pack(batch, gap_s=0.0)
+    assert [w.members for w in in_order] == [[0], [1, 2, 3], [4, 5]]
+    fitted = model.pack(batch, gap_s=0.0, first_fit=True)
+    assert [w.members for w in fitted] == [[0, 2, 5], [1, 3, 4]]
+    assert [len(w.wave) for w in fitted] == [16000 * 30, 16000 * 26]
+    with_gaps = model.pack(batch, gap_s=0.5, first_fit=True)
+    assert [w.members for w in with_gaps] == [[0, 2], [1, 3, 4, 5]]
+    assert with_gaps[0].spans == [(0.0, 20.0), (20.5, 29.5)]
     spans = [(0.0, 1.0), (2.0, 3.5), (4.5, 6.0)]
     # timestamps that run 1.5 s late are still assigned in order
     assert assign_segments([2.0, 4.2, 4.6, 6.7], spans) == [0, 1, 1, 2]

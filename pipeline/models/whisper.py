@@ -160,21 +160,42 @@ class Whisper(SpeechModel):
     def _decode(self, ids: torch.Tensor) -> list[str]:
         return [t.strip() for t in self.processor.batch_decode(ids, skip_special_tokens=True)]
 
-    def pack(self, waves: Sequence[np.ndarray]) -> list[Window]:
-        """Greedy packing in the given order into windows of at most 30 s."""
-        gap = np.zeros(int(self.pack_gap_s * SAMPLE_RATE), dtype=np.float32)
-        windows, members, spans, parts, used = [], [], [], [], 0.0
-        for i, wave in enumerate(waves):
-            dur = len(wave) / SAMPLE_RATE
-            if members and used + self.pack_gap_s + dur > CHUNK_S:
-                windows.append(Window(members, spans, np.concatenate(parts)))
-                members, spans, parts, used = [], [], [], 0.0
-            start = used + (self.pack_gap_s if members else 0.0)
-            parts += [gap, wave] if members else [wave]
-            members.append(i)
-            spans.append((start, start + dur))
-            used = start + dur
-        if members:
+    def pack(
+        self, waves: Sequence[np.ndarray], gap_s: float | None = None, first_fit: bool = False
+    ) -> list[Window]:
+        """Pack utterances into windows of at most 30 s, ``gap_s`` (default: the model's
+        ``pack_gap_s``) of silence apart.
+
+        In the given order, a window closes when the next utterance does not fit (what
+        decoding and scoring need: neighbours stay neighbours). With ``first_fit`` (training),
+        the longest utterances are placed first, each in the first window with room, which
+        fills windows nearly full (first-fit decreasing).
+        """
+        gap_s = self.pack_gap_s if gap_s is None else gap_s
+        seconds = [len(w) / SAMPLE_RATE for w in waves]
+        bins: list[list[int]] = []
+        used: list[float] = []
+        order = sorted(range(len(waves)), key=lambda k: -seconds[k]) if first_fit else None
+        for i in order or range(len(waves)):
+            open_bins = range(len(bins)) if first_fit else range(len(bins))[-1:]
+            at = next((b for b in open_bins if used[b] + gap_s + seconds[i] <= CHUNK_S), None)
+            if at is None:
+                bins.append([i])
+                used.append(seconds[i])
+            else:
+                bins[at].append(i)
+                used[at] += gap_s + seconds[i]
+        gap = np.zeros(int(round(gap_s * SAMPLE_RATE)), dtype=np.float32)
+        windows = []
+        for members in bins:
+            spans, parts, at_s = [], [], 0.0
+            for k, i in enumerate(members):
+                if k:
+                    parts.append(gap)
+                    at_s += len(gap) / SAMPLE_RATE
+                parts.append(waves[i])
+                spans.append((at_s, at_s + seconds[i]))
+                at_s += seconds[i]
             windows.append(Window(members, spans, np.concatenate(parts)))
         return windows
 
