@@ -44,7 +44,9 @@ demo: setup
 compare: setup
 	$(PY) -m pipeline experiment $(RECIPE) $(ARGS)
 
+# the tests also render the report's HTML in headless chromium
 test: setup
+	@bash scripts/setup-debian.sh chromium
 	$(PY) -m pytest -q
 
 lint: venv

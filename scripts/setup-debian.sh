@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Install the Debian packages the offline default needs, only those that are missing.
+# Install the Debian packages the offline default needs, and any named as arguments (the tests
+# add chromium, which renders the report), only those that are missing.
 set -euo pipefail
 packages=(espeak-ng flite sonic-pi-samples asterisk-core-sounds-en-wav asterisk-core-sounds-en
-          pocketsphinx-testdata sctk chromium)
+          pocketsphinx-testdata sctk "$@")
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -241,7 +241,7 @@ def test_html_is_self_contained_and_every_image_decodes_in_chromium(report, tmp_
     assert static.links == []  # nothing outside the file
     assert len(static.images) == 6
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert browser, "chromium is not installed (run: make setup)"
+    assert browser, "chromium is not installed (make test installs it)"
     probe = tmp_path / "probe.html"
     probe.write_text(page.replace("</body>", PROBE + "</body>"))
     dom = subprocess.run(
