@@ -4,7 +4,7 @@ Output, under ``<data_dir>/evaluate/<run>/`` (run: 'pretrained' or the model fol
   <set>/recognitions.tsv  id, reference, hypothesis (raw and normalised)
   <set>/errors.txt        aligned errors of every utterance with one
   <set>/utterances.parquet per-utterance errors with the manifest's metadata (for compare)
-  <set>/wer.json          WER/CER with intervals, per group, speed, model fingerprint, recipe
+  <set>/wer.json          WER/CER with intervals, per group, speed, peak RSS, model, recipe
   <set>/summary.txt       the group table
   wer.json, summary.txt   one row per set
 A set whose model, settings and manifest are unchanged is not decoded again.
@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from pipeline import __version__, audio, manifest, metrics, text
+from pipeline import __version__, audio, manifest, metrics, resources, text
 from pipeline.config import Recipe
 from pipeline.errors import UserError
 from pipeline.fsio import atomic_path, file_sha256, fingerprint, read_json, write_json, write_text
@@ -70,6 +70,7 @@ def run(recipe: Recipe, model_name: str | None = None, run_name: str | None = No
                 layout=layout,
                 code_version=__version__,
                 recipe=to_dict(recipe),
+                **resources.peak_rss(),  # of the run that decoded the set
             )
             write_json(result_path, result)
         rows.append(

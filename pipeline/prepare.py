@@ -2,7 +2,8 @@
 
 Output, under ``<data_dir>/prepare/``:
   manifests/<set>.parquet     one row per utterance (see pipeline.manifest)
-  manifests/<set>.done.json   the set's fingerprint and counts; a matching one skips the set
+  manifests/<set>.done.json   the set's fingerprint and counts (and the building run's peak
+                              RSS); a matching one skips the set
   rejects/<set>.tsv           id, source, reason for every entry that was skipped
   audio/<set>/{clean,noisy}/  FLAC files named <id>.<spec-hash>.flac
   summary.json, summary.txt   utterances and hours per split x accent x noise x SNR
@@ -25,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from pipeline import __version__, manifest
+from pipeline import __version__, manifest, resources
 from pipeline.config import OpenSLRSource, Recipe, SetConfig
 from pipeline.corpora import asterisk, commonvoice, hf, l2arctic, local, noise, openslr, synth
 from pipeline.corpora.base import (
@@ -166,6 +167,7 @@ def prepare_set(recipe: Recipe, set_cfg: SetConfig) -> tuple[pd.DataFrame, dict[
             "utterances": len(frame),
             "rejects": dict(reasons),
             "converted": dict(converted),
+            **resources.peak_rss(),  # of the run that built the set (workers included)
         },
     )
     log.info(

@@ -7,7 +7,7 @@ Output, under ``<data_dir>/score/<set>/``:
   shards/           the same in pieces of ``score.shard_size``; a killed run redoes only the
                     missing ones, and under ``accelerate launch`` each process takes every
                     N-th shard while the main process gathers them
-  done.json         the set's key (model fingerprint, settings, manifest hash)
+  done.json         the set's key (model fingerprint, settings, manifest hash), peak RSS
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 from accelerate import PartialState
 from tqdm import tqdm
 
-from pipeline import __version__, audio, manifest, metrics, text
+from pipeline import __version__, audio, manifest, metrics, resources, text
 from pipeline.config import Recipe
 from pipeline.errors import UserError
 from pipeline.evaluate import MODELS_DIR
@@ -185,7 +185,12 @@ def gather(out: Path, key: str, frame: pd.DataFrame | None) -> None:
         table.to_parquet(tmp, index=False)
     write_json(
         out / "done.json",
-        {"key": key, "utterances": len(table), "unreadable": int(table["unreadable"].sum())},
+        {
+            "key": key,
+            "utterances": len(table),
+            "unreadable": int(table["unreadable"].sum()),
+            **resources.peak_rss(),  # of the main process, after scoring the set
+        },
     )
     log.info(
         "set %s: %d utterances scored, %d unreadable",

@@ -7,7 +7,7 @@ Output, under ``<data_dir>/select/``:
                              of pool / target / selected with total variation, log-w histograms
   <method>/shares.png, <method>/log_ratio.png
   log_ratio.parquet          id, log_w of the rsft estimator (for reports)
-  summary.json, summary.txt  one row per method
+  summary.json, summary.txt  one row per method (and the run's peak RSS)
 
 The target sample's metadata (accent, noise, SNR) is used only by the ``oracle`` baseline and
 by the diagnostics; ``rsft`` sees the target sample's audio embeddings alone.
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import manifest, plots, ratios, sampling
+from pipeline import manifest, plots, ratios, resources, sampling
 from pipeline.config import Recipe, SelectConfig
 from pipeline.errors import UserError
 from pipeline.fsio import atomic_path, stable_seed, write_json, write_text
@@ -122,7 +122,8 @@ def run(recipe: Recipe, out: Path | None = None) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     for column in ("selected", "unique", "passes"):
         table[column] = table[column].astype("Int64")
-    write_json(out / "summary.json", {"budget": cfg.budget, "methods": rows, "estimators": info})
+    summary = {"budget": cfg.budget, "methods": rows, "estimators": info}
+    write_json(out / "summary.json", summary | resources.peak_rss())
     text = table.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-")
     write_text(out / "summary.txt", text + "\n")
     print(text)

@@ -154,6 +154,7 @@ def test_prepare_builds_manifests_summary_and_rejects(write_recipe, bad_corpus, 
         assert reason in rejects[uid], (uid, rejects[uid])
     stamp = read_json(root / "manifests" / "bad.done.json")
     assert stamp["converted"] == {"downmixed": 1, "resampled_from": 2}
+    assert stamp["peak_rss_mib"] > 50  # the building run's own record (make bench reads it)
 
     summary = read_json(root / "summary.json")
     assert summary["utterances"] == 12 + 9 + 4 + 2 == table["utterances"].sum()

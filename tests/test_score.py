@@ -1,5 +1,6 @@
 """The score stage: shards, resume, unlabelled target, bad audio, and two processes."""
 
+import json
 import subprocess
 import sys
 
@@ -62,6 +63,8 @@ def test_score_writes_aligned_embeddings_losses_and_hypotheses(scored_recipe):
     assert table["hypothesis"].map(type).eq(str).all() and table["wer"].notna().all()
     emb_t, target = read(recipe, "target")
     assert emb_t.shape == (6, 32) and target["loss"].isna().all()  # unlabelled: no loss
+    done = json.loads((recipe.root / "score" / "pool" / "done.json").read_text())
+    assert done["utterances"] == 20 and done["peak_rss_mib"] > 100
 
 
 def test_killed_score_redoes_only_missing_shards(scored_recipe):

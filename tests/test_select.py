@@ -74,6 +74,7 @@ def test_rsft_finds_the_target_condition_far_more_than_random(recipe):
     assert {"acceptance_rate", "ess", "tv_accepted_target", "clipped_mass", "groups"} <= set(diag)
     assert 0.5 < diag["estimators"]["classifier"]["auc"] <= 1.0
     assert (out / "rsft" / "shares.png").stat().st_size > 1000
+    assert json.loads((out / "summary.json").read_text())["peak_rss_mib"] > 50
 
 
 def test_same_seed_same_subset_and_skipped_baselines(recipe, tmp_path):
