@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 RECIPE ?= recipes/demo.yaml
 ARGS ?=
 
-.PHONY: help setup debian venv demo compare test lint format prepare score select finetune evaluate report clean
+.PHONY: help setup debian venv demo compare test lint format prepare score select finetune evaluate report bench clean
 
 help:
 	@echo "make demo       set up, then run the pipeline on recipes/demo.yaml"
@@ -16,6 +16,8 @@ help:
 	@echo "make evaluate RECIPE=recipes/demo.yaml [ARGS='--model PATH --name NAME']"
 	@echo "make report RECIPE=recipes/demo.yaml   (data/<recipe>/report/report.html)"
 	@echo "make compare RECIPE=recipes/demo.yaml   every selector x seeds + budget sweep, then report"
+	@echo "make bench      benchmarks against the standard tools (after make demo; about 25 min)"
+	@echo "                -> benchmarks/RESULTS.md, benchmarks/results.json [ARGS='--only flops']"
 	@echo "make lint       ruff"
 
 setup: debian venv
@@ -74,6 +76,10 @@ evaluate: setup
 
 report: setup
 	$(PY) -m pipeline report $(RECIPE) $(ARGS)
+
+# every benchmark in its own process, on the demo's data (make demo first)
+bench: setup
+	$(PY) benchmarks/run_all.py $(ARGS)
 
 clean:
 	rm -rf data/
