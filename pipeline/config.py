@@ -285,7 +285,7 @@ class FinetuneConfig:
     # batch is packed ('in_order' closes a window when the next utterance does not fit;
     # 'first_fit' places the longest first, each in the first window with room: fuller windows)
     pack_gap_s: float | None = None
-    packing: Literal["in_order", "first_fit"] = "in_order"
+    packing: Literal["in_order", "first_fit"] = "first_fit"
     # utterances are drawn batch_size at a time; with batch_seconds, instead, until their audio
     # reaches that many seconds (a duration budget per batch, so packed windows come out full)
     batch_seconds: float | None = None

@@ -57,7 +57,10 @@ def forward(model: torch.nn.Module, batch: dict[str, torch.Tensor]):
         logits = model(
             input_features=batch["input_features"], decoder_input_ids=batch["decoder_input_ids"]
         ).logits
-        loss = F.cross_entropy(logits.float().transpose(1, 2), batch["labels"], ignore_index=-100)
+        # flattened to (positions, vocabulary): a class dimension in the middle (B, V, L) made
+        # the loss 3 times slower on the CPU
+        flat = logits.float().reshape(-1, logits.shape[-1])
+        loss = F.cross_entropy(flat, batch["labels"].reshape(-1), ignore_index=-100)
         return loss, logits, batch["labels"] != -100
     out = model(**batch)
     inner = model.module if hasattr(model, "module") else model  # DDP
