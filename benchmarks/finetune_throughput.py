@@ -51,6 +51,7 @@ sys.path.insert(0, str(REPO))
 
 # torch, transformers and the stages are imported in the child processes only
 import numpy as np  # noqa: E402
+from harness import code_version  # noqa: E402
 
 from pipeline import manifest, metrics  # noqa: E402
 from pipeline.config import load_recipe as read_recipe  # noqa: E402
@@ -404,18 +405,6 @@ def schedule(frame, cfg, epochs: int | None, steps: int | None) -> tuple[int, fl
     full, part = divmod(steps, per_epoch)
     total_s = float(frame["duration_s"].sum())
     return steps, steps / per_epoch, full * total_s + part * per_step * total_s / len(frame)
-
-
-def code_version() -> str:
-    """The commit, and whether the product's code differs from it (the tree is shared)."""
-    try:
-        git = ["git", "-C", str(REPO)]
-        head = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True)
-        dirty = subprocess.run(git + ["status", "--porcelain", "pipeline"], capture_output=True)
-    except OSError:
-        return "unknown"
-    commit = head.stdout.decode().strip() or "unknown"
-    return commit + (" + local changes" if dirty.stdout.strip() else "")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
