@@ -27,7 +27,7 @@ options). Each recipe runs in its own process, so its peak RSS (ru_maxrss at the
 training, imports and model included) is its own. The machine is shared: absolute times are
 noisy, which is why both run in one script, one after the other.
 
-    python benchmarks/finetune_throughput.py [--utterances 48] [--epochs 2] [--json OUT]
+    python benchmarks/finetune_throughput.py [--utterances 128] [--epochs 2] [--json OUT]
     python benchmarks/finetune_throughput.py --quick        # a small smoke run
 """
 
@@ -409,12 +409,12 @@ def schedule(frame, cfg, epochs: int | None, steps: int | None) -> tuple[int, fl
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--utterances", type=int, default=48, help="training slice size")
+    parser.add_argument("--utterances", type=int, default=128, help="training slice size")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--epochs", type=int, default=None, help="epochs for both (default 2)")
     size.add_argument("--steps", type=int, help="optimizer steps for both, instead of epochs")
     parser.add_argument("--batch-size", type=int, help="default: the recipe's finetune.batch_size")
-    parser.add_argument("--dev", type=int, default=40, help="dev_target utterances to decode")
+    parser.add_argument("--dev", type=int, default=100, help="dev_target utterances to decode")
     parser.add_argument("--pretrained", action="store_true", help="also decode the base model")
     parser.add_argument("--model", help="default: the recipe's model (bundled:whisper-tiny.en)")
     parser.add_argument("--data-root", type=Path, default=DATA_ROOT, help="default: data/demo")

@@ -15,7 +15,7 @@ on a slice of it, and the table says which:
 
 Peak RSS of the stage's process tree is read by the parent from wait4 (ru_maxrss: the largest
 single process, workers included). The stage's own record (``pipeline.resources``, in its
-done.json / summary.json / wer.json) is shown beside it; the finetune stage records none. The
+done.json / summary.json / train_log.json / wer.json) is shown beside it. The
 records that the demo's last full runs left in data/demo are shown where they exist.
 
     python benchmarks/stage_memory.py [--stages prepare score ...] [--json OUT]
@@ -114,7 +114,7 @@ def records(root: Path, stage: str) -> list[Path]:
         "prepare": sorted((root / "prepare" / "manifests").glob("*.done.json")),
         "score": sorted((root / "score").glob("*/done.json")),
         "select": [root / "select" / "summary.json"],
-        "finetune": [],  # the finetune stage writes no peak RSS
+        "finetune": sorted((root / "finetune").glob("*/train_log.json")),
         "evaluate": sorted((root / "evaluate").glob("*/*/wer.json")),
     }[stage]
 

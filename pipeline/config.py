@@ -212,6 +212,9 @@ class ScoreConfig:
     layout: Literal["standard", "short", "packed"] = "packed"
     decode_layout: Literal["standard", "short", "packed"] = "short"
     hypotheses: bool = True  # greedy transcripts for the wer_filter baseline
+    # teacher-forced NLL of each transcript (the 'difficulty' estimator's input); None: only
+    # when select.estimators has 'difficulty'
+    losses: bool | None = None
     batch_size: int = 32
     shard_size: int = 512  # utterances per resumable piece
 

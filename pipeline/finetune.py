@@ -27,7 +27,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 from torch.utils.data import DataLoader
 from transformers import get_linear_schedule_with_warmup
 
-from pipeline import __version__, finetune_io, forgetting, manifest, validation
+from pipeline import __version__, finetune_io, forgetting, manifest, resources, validation
 from pipeline.batches import Collator, EpochBatches, Utterances
 from pipeline.config import FinetuneConfig, Recipe
 from pipeline.errors import UserError
@@ -234,6 +234,7 @@ def training_function(
         "subset_utterances": len(frame),
         "recipe": to_dict(recipe),
         "version": __version__,
+        **resources.peak_rss(),  # of this process after training (model and imports included)
     }
     if main:
         best = best_dir if dev["best"] is not None else None

@@ -85,6 +85,8 @@ def model_card(record: dict) -> str:
         for k in ("replay_fraction", "distill_weight", "l2_weight", "guard_set")
         if ft.get(k)
     )
+    rss = record.get("peak_rss_mib")
+    peak = f"; peak memory {rss:,.0f} MiB (main process)" if rss else ""
     return (
         f"# {record['base_model']} fine-tuned on the {record['subset']!r} subset\n\n"
         f"- recipe: {record['recipe']['name']} (rsft {record['version']})\n"
@@ -96,7 +98,8 @@ def model_card(record: dict) -> str:
         f"lr {ft['lr']}, train {ft['train']}, layout {ft['layout']}, labels {ft['labels']}\n"
         f"- forgetting control: {control or 'none'}\n"
         f"- padding: {100 * record['padding_fraction']:.1f}% of the model's input; "
-        f"{record['speech_seconds']:.0f} s of audio in {record['train_seconds']:.0f} s\n"
+        f"{record['speech_seconds']:.0f} s of audio in {record['train_seconds']:.0f} s"
+        f"{peak}\n"
         f"- loss: first {finite[0] if finite else math.nan:.4f}, "
         f"mean of last 10 {np.mean(tail) if tail else math.nan:.4f}\n\n"
         f"{_dev_section(record)}"

@@ -2,7 +2,8 @@
 
 Output, under ``<data_dir>/score/<set>/``:
   embeddings.npy    float16 (utterances, dim): mean-pooled encoder states, row-aligned with
-  scores.parquet    id, loss (NLL of the reference; NaN for the unlabelled target sample),
+  scores.parquet    id, loss (NLL of the reference; NaN for the unlabelled target sample and
+                    when ``score.losses`` leaves them out),
                     hypothesis, logprob (its mean token log-probability), wer (vs the text)
   shards/           the same in pieces of ``score.shard_size``; a killed run redoes only the
                     missing ones, and under ``accelerate launch`` each process takes every
@@ -56,9 +57,10 @@ def run(recipe: Recipe) -> None:
     with state.main_process_first():  # the bundled model is converted once
         analyser = loader.load(replace(recipe.model, layout=cfg.layout), MODELS_DIR)
     decoder = loader.with_layout(analyser, cfg.decode_layout) if cfg.hypotheses else None
+    losses = wants_losses(recipe)
     model_print = analyser.fingerprint()
     for name, path in paths.items():
-        settings = {k: v for k, v in to_dict(cfg).items() if k != "sets"}
+        settings = {k: v for k, v in to_dict(cfg).items() if k != "sets"} | {"losses": losses}
         key = fingerprint(
             model_print, to_dict(recipe.model), settings, file_sha256(path), __version__
         )
@@ -78,11 +80,21 @@ def run(recipe: Recipe) -> None:
             cfg.batch_size,
             labelled,
             state,
+            losses,
         )
         if state.is_main_process:
             decoded = labelled and decoder is not None
             gather(out, key, manifest.read(path) if decoded else None)
         state.wait_for_everyone()
+
+
+def wants_losses(recipe: Recipe) -> bool:
+    """Whether to compute the teacher-forced losses: score.losses, or by default only when an
+    estimator reads them (the decoder pass over every transcript costs about a fifth of the
+    stage)."""
+    if recipe.score.losses is not None:
+        return recipe.score.losses
+    return "difficulty" in recipe.select.estimators
 
 
 def score_set(
@@ -95,6 +107,7 @@ def score_set(
     batch_size: int,
     labelled: bool,
     state: PartialState,
+    losses: bool = True,
 ) -> None:
     """Write this process's shards of one set (skipping shards already written for ``key``)."""
     starts = range(0, len(frame), shard_size)
@@ -104,7 +117,7 @@ def score_set(
         if path.exists() and str(np.load(path)["key"]) == key:
             continue
         shard = frame.iloc[k * shard_size : (k + 1) * shard_size].reset_index(drop=True)
-        arrays = score_shard(analyser, decoder, shard, batch_size, labelled)
+        arrays = score_shard(analyser, decoder, shard, batch_size, labelled, losses)
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, key=np.array(key), **arrays)
     state.wait_for_everyone()
@@ -116,7 +129,10 @@ def score_shard(
     shard: pd.DataFrame,
     batch_size: int,
     labelled: bool,
+    losses: bool = True,
 ) -> dict[str, np.ndarray]:
+    """Embeddings of every row; losses (given ``labelled`` and ``losses``) and hypotheses
+    (given a decoder and ``labelled``); unreadable rows flagged, their values left NaN."""
     n = len(shard)
     emb = None
     loss = np.full(n, np.nan, dtype=np.float32)
@@ -133,7 +149,7 @@ def score_shard(
                 bad[i] = True  # counted at gather time; its embedding stays NaN
         if not rows:
             continue
-        texts = [shard["text"].iloc[i] for i in rows] if labelled else None
+        texts = [shard["text"].iloc[i] for i in rows] if labelled and losses else None
         e, l_ = analyser.analyse(waves, texts)
         if emb is None:
             emb = np.full((n, e.shape[1]), np.nan, dtype=np.float32)

@@ -89,6 +89,11 @@ def run(recipe: Recipe, out: Path | None = None) -> pd.DataFrame:
     needs_ratio = {"rsft", "importance"} & set(cfg.methods)
     if needs_ratio and "classifier" in cfg.estimators and target_emb is None:
         raise UserError("select.estimators: 'classifier' needs a target sample (select.target)")
+    if needs_ratio and "difficulty" in cfg.estimators and not np.isfinite(scores["loss"]).any():
+        raise UserError(
+            f"select.estimators: 'difficulty' needs the losses of {cfg.pool!r}, which were not "
+            "scored (set score.losses: true, or leave it unset, and rerun rsft score)"
+        )
     rng = np.random.default_rng(stable_seed(recipe.seed, "select", "ratio"))
     log_w, info = (
         estimate_log_ratio(cfg, pool_emb, target_emb, pool_groups, scores["loss"].to_numpy(), rng)

@@ -8,10 +8,12 @@ import pickle
 import subprocess
 
 import numpy as np
+import pandas as pd
 import soundfile as sf
 from safetensors.torch import load_file
 
 from pipeline import audio, manifest
+from pipeline.fsio import write_json
 
 
 def speak(text: str, voice: str = "en-us") -> tuple[np.ndarray, int]:
@@ -82,3 +84,38 @@ def write_subset(root, name, counts=(1, 2, 1)):
 
 def weights(recipe, subset="rsft"):
     return load_file(recipe.root / "finetune" / subset / "model" / "model.safetensors")
+
+
+# -- a scored set without audio (select, report and experiment tests) --
+
+ACCENTS = ["us", "gb", "caribbean"]
+NOISES = [("clean", np.nan), ("sauna", 0.0), ("white", 10.0)]
+
+
+def fake_scored_set(root, name, groups, rng, with_wer=True):
+    """Manifest, embeddings and scores as the score stage writes them (no audio needed)."""
+    rows, emb = [], []
+    centres = {(a, n): rng.normal(size=16) for a in ACCENTS for n, _ in NOISES}
+    for i, (accent, (noise, snr)) in enumerate(groups):
+        rows.append(
+            dummy_row(
+                i,
+                f"/audio/{name}{i}.flac",
+                id=f"{name}-{i:05d}",
+                accent=accent,
+                noise=noise,
+                snr_db=snr,
+                split=name,
+            )
+        )
+        emb.append(centres[(accent, noise)] * 0.8 + rng.normal(size=16))
+    frame = manifest.to_frame(rows)
+    manifest.write(frame, root / "prepare" / "manifests" / f"{name}.parquet", root=root)
+    out = root / "score" / name
+    out.mkdir(parents=True)
+    np.save(out / "embeddings.npy", np.asarray(emb, dtype=np.float16))
+    wer = rng.uniform(0, 1, len(frame)) if with_wer else np.full(len(frame), np.nan)
+    pd.DataFrame(
+        {"id": frame["id"], "loss": rng.uniform(0.5, 3, len(frame)), "wer": wer}
+    ).to_parquet(out / "scores.parquet")
+    write_json(out / "done.json", {"key": "test"})

@@ -126,7 +126,7 @@ def test_flops_quick(tmp_path):
 
 @pytest.mark.slow  # about 20 s: prepare (a few synthesised commands) and select, each a process
 def test_stage_memory_quick(tmp_path):
-    from tests.test_select import ACCENTS, NOISES, fake_scored_set
+    from tests.factories import ACCENTS, NOISES, fake_scored_set
 
     root, out = tmp_path / "demo", tmp_path / "figures.json"
     pool = [(a, n) for a in ACCENTS for n in NOISES for _ in range(40)]

@@ -7,8 +7,7 @@ import numpy as np
 
 from pipeline import evaluate, experiment, manifest, prepare
 from pipeline.config import load_recipe
-from tests.factories import TEXTS, write_subset
-from tests.test_select import ACCENTS, NOISES, fake_scored_set
+from tests.factories import ACCENTS, NOISES, TEXTS, fake_scored_set, write_subset
 
 
 def test_plan_names_runs_as_the_report_reads_them(write_recipe):

@@ -26,7 +26,9 @@ def test_loss_falls_and_the_model_loads(ft_recipe):
     assert record["subset_utterances"] == 4  # one row counted twice
     assert sum(losses[-3:]) / 3 < 0.5 * losses[0], losses
     out = recipe.root / "finetune" / "rsft"
-    assert (out / "model_card.md").read_text().startswith("# ")
+    card = (out / "model_card.md").read_text()
+    assert card.startswith("# ") and f"peak memory {record['peak_rss_mib']:,.0f} MiB" in card
+    assert record["peak_rss_mib"] > 100  # torch and the model alone take more than that
     assert pd.read_json(out / "train_log.json", typ="series")["steps"] == 20
     stamp = (out / "model" / "model.safetensors").stat().st_mtime_ns
     assert finetune.run(recipe)["losses"] == losses  # unchanged inputs: not trained again

@@ -19,8 +19,7 @@ from pipeline.config import load_recipe
 from pipeline.fsio import write_json
 from pipeline.models import loader
 from pipeline.models.base import SpeechModel
-from tests.factories import dummy_row
-from tests.test_select import ACCENTS, NOISES, fake_scored_set
+from tests.factories import ACCENTS, NOISES, dummy_row, fake_scored_set
 
 TEXT = "please open the door"  # 4 words; a wrong utterance is 1 substitution
 WRONG = "please open the floor"

@@ -3,20 +3,22 @@
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import prepare, score
+from pipeline import prepare, score, select
 from pipeline.config import load_recipe
+from pipeline.errors import UserError
 
 
 @pytest.fixture
 def scored_recipe(write_recipe, tiny_whisper_dir):
     data = {
         "model": {"name": str(tiny_whisper_dir)},
-        "score": {"shard_size": 8, "batch_size": 4},
+        "score": {"shard_size": 8, "batch_size": 4, "losses": True},
         "prepare": {
             "workers": 1,
             "sets": [
@@ -65,6 +67,22 @@ def test_score_writes_aligned_embeddings_losses_and_hypotheses(scored_recipe):
     assert emb_t.shape == (6, 32) and target["loss"].isna().all()  # unlabelled: no loss
     done = json.loads((recipe.root / "score" / "pool" / "done.json").read_text())
     assert done["utterances"] == 20 and done["peak_rss_mib"] > 100
+
+
+def test_losses_are_left_out_unless_an_estimator_reads_them(scored_recipe):
+    _, recipe = scored_recipe
+    score.run(recipe)
+    with_losses, _ = read(recipe, "pool")
+    plain = replace(recipe, score=replace(recipe.score, losses=None))
+    assert plain.select.estimators == ("classifier",)
+    score.run(plain)  # another key: scored again, without the decoder pass
+    emb, table = read(plain, "pool")
+    np.testing.assert_array_equal(emb, with_losses)
+    assert table["loss"].isna().all() and table["wer"].notna().all()
+    needs = replace(plain, select=replace(plain.select, estimators=("classifier", "difficulty")))
+    assert score.wants_losses(needs)
+    with pytest.raises(UserError, match="score.losses"):
+        select.run(needs)
 
 
 def test_killed_score_redoes_only_missing_shards(scored_recipe):

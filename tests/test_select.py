@@ -9,40 +9,7 @@ import pytest
 from pipeline import manifest, select
 from pipeline.config import load_recipe
 from pipeline.errors import UserError
-from pipeline.fsio import write_json
-from tests.factories import dummy_row
-
-ACCENTS = ["us", "gb", "caribbean"]
-NOISES = [("clean", np.nan), ("sauna", 0.0), ("white", 10.0)]
-
-
-def fake_scored_set(root, name, groups, rng, with_wer=True):
-    """Manifest, embeddings and scores as the score stage writes them (no audio needed)."""
-    rows, emb = [], []
-    centres = {(a, n): rng.normal(size=16) for a in ACCENTS for n, _ in NOISES}
-    for i, (accent, (noise, snr)) in enumerate(groups):
-        rows.append(
-            dummy_row(
-                i,
-                f"/audio/{name}{i}.flac",
-                id=f"{name}-{i:05d}",
-                accent=accent,
-                noise=noise,
-                snr_db=snr,
-                split=name,
-            )
-        )
-        emb.append(centres[(accent, noise)] * 0.8 + rng.normal(size=16))
-    frame = manifest.to_frame(rows)
-    manifest.write(frame, root / "prepare" / "manifests" / f"{name}.parquet", root=root)
-    out = root / "score" / name
-    out.mkdir(parents=True)
-    np.save(out / "embeddings.npy", np.asarray(emb, dtype=np.float16))
-    wer = rng.uniform(0, 1, len(frame)) if with_wer else np.full(len(frame), np.nan)
-    pd.DataFrame(
-        {"id": frame["id"], "loss": rng.uniform(0.5, 3, len(frame)), "wer": wer}
-    ).to_parquet(out / "scores.parquet")
-    write_json(out / "done.json", {"key": "test"})
+from tests.factories import ACCENTS, NOISES, fake_scored_set
 
 
 @pytest.fixture
