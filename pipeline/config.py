@@ -270,12 +270,14 @@ class FinetuneConfig:
     weight_decay: float = 0.0
     # 'full'; 'encoder_frozen' (Whisper: decoder and embeddings train; CTC: only the head);
     # 'decoder_only' (Whisper: decoder blocks only, embeddings and output projection frozen);
+    # 'decoder_frozen' (Whisper: the encoder alone trains: the model hears the new accents and
+    # noise while its language model, and so its text on other speech, stays as it was);
     # 'feature_encoder_frozen' (the convolutional front end frozen: wav2vec2's feature
     # encoder, Whisper's two conv layers); 'lora' (peft LoRA adapters on lora_modules, merged
     # into the saved model so it loads with from_pretrained)
-    train: Literal["full", "encoder_frozen", "decoder_only", "feature_encoder_frozen", "lora"] = (
-        "full"
-    )
+    train: Literal[
+        "full", "encoder_frozen", "decoder_only", "decoder_frozen", "feature_encoder_frozen", "lora"
+    ] = "full"
     lora_rank: int = 16
     lora_alpha: float = 32.0
     lora_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")

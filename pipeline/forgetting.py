@@ -30,8 +30,8 @@ from pipeline.errors import UserError
 def freeze(model: torch.nn.Module, train: str) -> None:
     """Set requires_grad for the chosen part of the model (see FinetuneConfig.train)."""
     whisper = model.config.model_type == "whisper"
-    if train == "decoder_only" and not whisper:
-        raise UserError("finetune.train: 'decoder_only' needs Whisper; CTC models have no decoder")
+    if train in ("decoder_only", "decoder_frozen") and not whisper:
+        raise UserError(f"finetune.train: {train!r} needs Whisper; CTC models have no decoder")
     if train in ("full", "lora"):  # LoRA: forgetting.add_lora freezes the base itself
         return
     if whisper:
@@ -39,6 +39,7 @@ def freeze(model: torch.nn.Module, train: str) -> None:
         frozen = {
             "encoder_frozen": [core.encoder],
             "decoder_only": [core.encoder, core.decoder.embed_tokens, core.decoder.embed_positions],
+            "decoder_frozen": [core.decoder],  # the output projection is tied to its embeddings
             "feature_encoder_frozen": [core.encoder.conv1, core.encoder.conv2],
         }[train]
     else:

@@ -40,17 +40,20 @@ def test_loss_falls_and_the_model_loads(ft_recipe):
     assert isinstance(wrapped.transcribe([wave])[0], str)
 
 
-@pytest.mark.parametrize("layout", ["standard", "short"])
-def test_other_layouts_train(ft_recipe, layout):
-    _, recipe = ft_recipe(steps=2, layout=layout, train="encoder_frozen", grad_accum=2)
+@pytest.mark.parametrize(
+    "layout, train", [("standard", "encoder_frozen"), ("short", "decoder_frozen")]
+)
+def test_other_layouts_train(ft_recipe, layout, train):
+    _, recipe = ft_recipe(steps=2, layout=layout, train=train, grad_accum=2)
     before = transformers.WhisperForConditionalGeneration.from_pretrained(recipe.model.name)
     record = finetune.run(recipe)
     assert all(x is not None for x in record["losses"])
-    after = weights(recipe)
+    after, start = weights(recipe), before.state_dict()
     enc = "model.encoder.layers.0.fc1.weight"
-    dec = "model.decoder.layers.0.fc1.weight"
-    assert torch.equal(after[enc], before.state_dict()[enc])  # frozen
-    assert not torch.equal(after[dec], before.state_dict()[dec])
+    dec = ["model.decoder.layers.0.fc1.weight", "model.decoder.embed_tokens.weight"]
+    trained, frozen = ([dec[0]], [enc]) if train == "encoder_frozen" else ([enc], dec)
+    assert all(torch.equal(after[k], start[k]) for k in frozen)
+    assert not any(torch.equal(after[k], start[k]) for k in trained)
 
 
 def test_ctc_trains_with_frozen_feature_encoder(ft_recipe, tiny_ctc_dir):
@@ -59,6 +62,9 @@ def test_ctc_trains_with_frozen_feature_encoder(ft_recipe, tiny_ctc_dir):
     assert all(x is not None and x > 0 for x in record["losses"])
     model = transformers.Wav2Vec2ForCTC.from_pretrained(recipe.root / "finetune/rsft/model")
     assert model.config.vocab_size == 30
+    for train in ("decoder_only", "decoder_frozen"):
+        with pytest.raises(UserError, match="needs Whisper"):
+            forgetting.freeze(model, train)
 
 
 def test_killed_run_resumes_to_the_same_weights(ft_recipe):
