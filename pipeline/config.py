@@ -299,8 +299,10 @@ class FinetuneConfig:
     # Whisper labels: the manifest's text as it is ('raw': cased and punctuated, as Whisper
     # writes) or the shared normaliser's form ('normalized': lower case, no punctuation)
     labels: Literal["raw", "normalized"] = "raw"
-    # bf16 autocast (CPU and recent GPUs); fp16 with loss scaling (GPUs only)
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    # bf16 autocast (CPU and recent GPUs); fp16 with loss scaling (GPUs only); 'auto': bf16
+    # on a GPU that has it (else fp16) and on a CPU with bf16 instructions (AVX512-BF16, AMX),
+    # fp32 ('no') on other CPUs, where bf16 is emulated and several times slower
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     cpu: bool = False  # train on the CPU even when a GPU is present
     save_every: int = 50  # steps between checkpoints (accelerator.save_state)
     # dev-set validation: every eval_every optimizer steps (and at the last) the main process

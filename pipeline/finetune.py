@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import shutil
 import time
 from dataclasses import replace
@@ -108,7 +109,12 @@ def training_function(
     dev_paths = validation.manifest_paths(recipe.root, eval_names(cfg)) if cfg.eval_every else {}
     prints = [file_sha256(p) for p in [*dev_paths.values(), pool_path] if p is not None]
     key = fingerprint(
-        to_dict(cfg), to_dict(model_cfg), file_sha256(subset_path), __version__, *prints
+        to_dict(cfg),
+        to_dict(model_cfg),
+        file_sha256(subset_path),
+        __version__,
+        accelerator.mixed_precision,  # 'auto' resolves by machine
+        *prints,
     )
     main = accelerator.is_main_process
     done = out / "train_log.json"
@@ -228,6 +234,7 @@ def training_function(
         "padding_fraction": 1.0 - totals[0] / totals[1] if totals[1] else 0.0,
         "train_seconds": stats["train_s"],  # training steps only: no validation or saving
         "processes": accelerator.num_processes,
+        "mixed_precision": accelerator.mixed_precision,
         "base_model": recipe.model.name,
         "subset": subset,
         "subset_sha256": file_sha256(subset_path),
@@ -293,6 +300,24 @@ def _train_step(accelerator, model, wrapped, anchor, optimizer, batches, cfg, st
     optimizer.step()
     optimizer.zero_grad()
     return accelerator.reduce(torch.tensor(total, device=accelerator.device), "mean").item()
+
+
+def precision(setting: str, cpu: bool = False) -> str:
+    """finetune.mixed_precision for Accelerate: 'auto' resolved for this machine."""
+    if setting != "auto":
+        return setting
+    if torch.cuda.is_available() and not cpu:
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_bf16() else "no"
+
+
+def cpu_has_bf16() -> bool:
+    """Whether the CPU computes bf16 natively (x86 AVX512-BF16 or AMX; Linux /proc/cpuinfo)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
 
 
 def _oom_hint(cfg: FinetuneConfig, step: int) -> str:
@@ -367,7 +392,7 @@ def run(
     subset = subset or cfg.subset
     accelerator = Accelerator(
         cpu=cfg.cpu,
-        mixed_precision=cfg.mixed_precision,
+        mixed_precision=precision(cfg.mixed_precision, cfg.cpu),
         gradient_accumulation_steps=cfg.grad_accum,
         log_with="tensorboard",
         project_dir=str(recipe.root / "finetune" / (name or subset)),

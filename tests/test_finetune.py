@@ -295,3 +295,14 @@ def test_a_subset_with_no_readable_audio_stops_with_a_clear_error(ft_recipe):
         path.write_bytes(b"not audio")
     with pytest.raises(UserError, match="no audio was readable, at 2 steps in a row"):
         finetune.run(recipe)
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_has_it(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for native, expected in ((True, "bf16"), (False, "no")):
+        monkeypatch.setattr(finetune, "cpu_has_bf16", lambda native=native: native)
+        assert finetune.precision("auto") == expected
+    assert finetune.precision("fp16") == "fp16"  # an explicit setting is kept as it is
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert finetune.precision("auto") == "fp16" and finetune.precision("auto", cpu=True) == "no"
