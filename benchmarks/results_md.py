@@ -306,8 +306,8 @@ def memory_section(mem: dict) -> list[str]:
         "that process (imports and model included; the largest single process when there are "
         "workers, whose memory adds to the main process's). The stage's record is what it wrote "
         "itself (`pipeline.resources`); the last column is what the demo's own full runs "
-        "recorded, where they did (stages record it since this benchmark was added; finetune "
-        "records none).",
+        "recorded, where they did (the largest over the sets or runs there; finetune: the "
+        "demo's rsft and random runs).",
         "",
         *table(head + ["wall s", "ran on"], rows, "l" + "r" * 5 + "l"),
     ]

@@ -114,7 +114,7 @@ def records(root: Path, stage: str) -> list[Path]:
         "prepare": sorted((root / "prepare" / "manifests").glob("*.done.json")),
         "score": sorted((root / "score").glob("*/done.json")),
         "select": [root / "select" / "summary.json"],
-        "finetune": sorted((root / "finetune").glob("*/train_log.json")),
+        "finetune": [root / "finetune" / run / "train_log.json" for run in ("rsft", "random")],
         "evaluate": sorted((root / "evaluate").glob("*/*/wer.json")),
     }[stage]
 
