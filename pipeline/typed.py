@@ -33,6 +33,8 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         return _build_dataclass(tp, value, where)
     if origin is Literal:
         allowed = get_args(tp)
+        if value is False and "no" in allowed:
+            value = "no"  # YAML 1.1 reads a bare `no` as false
         if value not in allowed:
             raise RecipeError(f"{where}: {value!r} is not one of {', '.join(map(repr, allowed))}")
         return value

@@ -148,3 +148,10 @@ def test_exponent_without_a_dot_is_a_number(write_recipe):
     assert recipe.finetune.lr == 5e-4
     with pytest.raises(RecipeError, match="finetune.lr: expected a number"):
         load_recipe(write_recipe({}), ["finetune.lr=fast"])
+
+
+def test_a_bare_no_is_the_choice_no_not_false():
+    # YAML 1.1 reads `no` as false; `mixed_precision: no` means fp32
+    assert load_recipe(DEMO, ["finetune.mixed_precision=no"]).finetune.mixed_precision == "no"
+    with pytest.raises(RecipeError, match="mixed_precision: True is not one of"):
+        load_recipe(DEMO, ["finetune.mixed_precision=yes"])
