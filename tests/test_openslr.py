@@ -400,6 +400,11 @@ UNSAFE = {
         "a/b/up/../../../out/evil.txt",
         [("a/b/up", tarfile.SYMTYPE, ".."), ("a/b/up/../../../out/evil.txt",)],
     ),
+    # the file comes first and the link that it goes through only later in the archive
+    "symlink declared later": (
+        "late/evil.txt",
+        [("late/evil.txt",), ("late", tarfile.SYMTYPE, "../../out")],
+    ),
     "hardlink absolute": ("hl", [("hl", tarfile.LNKTYPE, "{out}/victim.txt"), ("hl",)]),
     "hardlink relative": ("hl", [("hl", tarfile.LNKTYPE, "../../out/victim.txt"), ("hl",)]),
     "fifo": ("pipe", [("pipe", tarfile.FIFOTYPE)]),
