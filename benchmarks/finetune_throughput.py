@@ -21,9 +21,14 @@ This leans toward the standard recipe. Model loading and imports are outside bot
 Throughput = seconds of audio trained on (duration_s of the slice x epochs; packing gaps and
 30 s padding do not count) / timed seconds; CPU time (user + system) is given beside it.
 
-After training, each model decodes the first ``--dev`` utterances of dev_target in the same
-setting (``pipeline.validation.dev_wer``: greedy, standard 30 s layout, the recipe's model
-options). Each recipe runs in its own process, so its peak RSS (ru_maxrss at the end of
+After training, each model decodes the first ``--dev`` utterances of dev_target by id with the
+evaluate stage's code (greedy, the recipe's model options), once per ``--dev-layouts`` entry:
+'standard' (each utterance in its own padded 30 s window, the layout the standard recipe trains
+on) and 'packed' (one accent and noise condition's utterances together in packed 30 s windows,
+the transcript cut by alignment: how the evaluate stage reads synthetic sets, and the layout the
+product trains on). The first layout's gap is the verdict's; both are printed.
+
+Each recipe runs in its own process, so its peak RSS (ru_maxrss at the end of
 training, imports and model included) is its own. The machine is shared: absolute times are
 noisy, which is why both run in one script, one after the other.
 
@@ -262,36 +267,43 @@ class DataCollatorSpeechSeq2SeqWithPadding:
         return batch
 
 
-def dev_wer(recipe, model_name: str, data_root: Path, dev: int) -> dict:
-    """WER of ``model_name`` on the first ``dev`` dev_target utterances by id, from the
-    product's helper, with the per-utterance errors of the same hypotheses (for a paired
-    bootstrap) and the decoding seconds."""
-    from pipeline import metrics, text, validation
-    from pipeline.evaluate import MODELS_DIR
+def dev_wer(recipe, model_name: str, data_root: Path, dev: int, layouts, out: Path) -> dict:
+    """WER of ``model_name`` on the first ``dev`` dev_target utterances by id, read in each of
+    ``layouts`` by the evaluate stage's own code (``evaluate_set``: 'standard' decodes each
+    utterance in its own 30 s window; 'packed' decodes the utterances of one accent and noise
+    condition together in packed windows and cuts the transcript by alignment, as the stage
+    reads synthetic sets), with the per-utterance errors (for a paired bootstrap) and the
+    decoding seconds. The first layout's WER is ``dev_wer``."""
+    import pandas as pd
+
+    from pipeline import evaluate
     from pipeline.models import loader
 
-    model = loader.load(replace(recipe.model, name=model_name, layout="standard"), MODELS_DIR)
-    paths = validation.manifest_paths(data_root, [DEV_SET])
-    waves, texts = validation.load_sets(paths, dev)[DEV_SET]
-    hyps, transcribe = {}, model.transcribe
-
-    def recording(batch):  # dev_wer batches by length: keep each hypothesis by its wave
-        out = transcribe(batch)
-        hyps.update({id(w): h for w, h in zip(batch, out, strict=True)})
-        return out
-
-    model.transcribe = recording
-    start = time.perf_counter()
-    wer = validation.dev_wer(model, waves, texts, recipe.model.batch_size)
-    seconds = time.perf_counter() - start
-    errors = metrics.utterance_errors(
-        text.normalize_batch(texts), text.normalize_batch([hyps[id(w)] for w in waves])
-    )
+    model = loader.load(replace(recipe.model, name=model_name), evaluate.MODELS_DIR)
+    frame = manifest.read(data_root / "prepare" / "manifests" / f"{DEV_SET}.parquet")
+    frame = frame.sort_values("id", kind="stable").head(dev).reset_index(drop=True)
+    settings = replace(recipe, evaluate=replace(recipe.evaluate, limit=None))
+    by_layout = {}
+    for layout in layouts:
+        reader = loader.with_layout(model, layout)
+        result = evaluate.evaluate_set(
+            reader, recipe.model.batch_size, frame, settings, out / layout
+        )
+        per = pd.read_parquet(out / layout / "utterances.parquet").set_index("id")
+        if len(per) < len(frame):  # the paired bootstrap needs every utterance on both sides
+            raise SystemExit(f"{DEV_SET}: unreadable utterances {sorted(result['rejects'])}")
+        per = per.loc[frame["id"]]
+        by_layout[layout] = {
+            "wer": result["wer"],
+            "decode_s": result["decode_s"],
+            "errors": per["errors"].tolist(),
+            "ref_words": per["ref_words"].tolist(),
+        }
+    first = by_layout[layouts[0]]
     return {
-        "dev_wer": wer,
-        "dev_decode_s": seconds,
-        "dev_errors": errors["errors"].tolist(),
-        "dev_ref_words": errors["ref_words"].tolist(),
+        "dev_wer": first["wer"],
+        "dev_decode_s": first["decode_s"],
+        "dev_layouts": by_layout,
     }
 
 
@@ -314,7 +326,8 @@ def child(which: str, spec: dict) -> dict:
         trained = train_rsft(recipe) if which == "rsft" else train_standard(recipe, spec, work)
         out = {**trained, "peak_rss_mib": peak_rss_mib()}
     out["load_avg_1min"] = [load_before, os.getloadavg()[0]]
-    return {**out, **dev_wer(recipe, out["model_dir"], data_root, spec["dev"])}
+    layouts, dev_out = spec["dev_layouts"], work / "dev" / which
+    return {**out, **dev_wer(recipe, out["model_dir"], data_root, spec["dev"], layouts, dev_out)}
 
 
 # -- the parent: inputs, both children, the table ---------------------------------------------
@@ -340,17 +353,27 @@ def summarise(rows: dict, audio_s: float) -> dict:
             row["final_loss"] = sum(tail) / len(tail) if tail else math.nan
     ours, std = rows["rsft"], rows["standard"]
     with_features = audio_s / (std["timed_s"] + std["features_s"])
-    paired = metrics.paired_bootstrap(
-        std["dev_errors"], ours["dev_errors"], std["dev_ref_words"], np.random.default_rng(0)
-    )
+    by_layout = {}
+    for layout, a in std["dev_layouts"].items():
+        b = ours["dev_layouts"][layout]
+        paired = metrics.paired_bootstrap(
+            a["errors"], b["errors"], a["ref_words"], np.random.default_rng(0)
+        )
+        by_layout[layout] = {
+            "delta": b["wer"] - a["wer"],
+            "delta_95ci": [paired["low"], paired["high"]],
+            "p": paired["p_value"],
+        }
+    first = next(iter(by_layout.values()))
     return {
         "ratio": ours["audio_s_per_s"] / std["audio_s_per_s"],
         "ratio_with_standard_features": ours["audio_s_per_s"] / with_features,
         "ratio_cpu": ours["audio_s_per_cpu_s"] / std["audio_s_per_cpu_s"],
         "target_ratio": TARGET_RATIO,
-        "dev_wer_delta": ours["dev_wer"] - std["dev_wer"],
-        "dev_wer_delta_95ci": [paired["low"], paired["high"]],
-        "dev_wer_delta_p": paired["p_value"],
+        "dev_wer_delta": first["delta"],
+        "dev_wer_delta_95ci": first["delta_95ci"],
+        "dev_wer_delta_p": first["p"],
+        "dev_by_layout": by_layout,
     }
 
 
@@ -387,13 +410,22 @@ def print_table(settings: dict, rows: dict, verdict: dict) -> None:
         f"{verdict['ratio_cpu']:.2f}x CPU time; dev WER {100 * rows['rsft']['dev_wer']:.1f} vs "
         f"{100 * std['dev_wer']:.1f}: {100 * verdict['dev_wer_delta']:+.1f} points [95% CI "
         f"{100 * low:+.1f}, {100 * high:+.1f}; paired bootstrap p {verdict['dev_wer_delta_p']:.2f}"
-        "]\n"
+        f"] in the {s['dev_layouts'][0]} layout\n"
         f"standard: trainer.train {std['train_s']:.1f} s; its features, before it, "
         f"{std['features_s']:.1f} s (counting them: {verdict['ratio_with_standard_features']:.2f}x)"
         "\nload average (1 min) before/after training: "
         + ", ".join(f"{n} {a:.1f}/{b:.1f}" for n, (a, b) in load.items())
         + f"; whole script {s['wall_s']:.0f} s ({s['code']})"
     )
+    for layout, gap in verdict["dev_by_layout"].items():
+        wers = ", ".join(
+            f"{name} {100 * row['dev_layouts'][layout]['wer']:.1f}" for name, row in rows.items()
+        )
+        low, high = gap["delta_95ci"]
+        print(
+            f"dev WER %, {layout} layout: {wers}; rsft - standard {100 * gap['delta']:+.1f} "
+            f"[{100 * low:+.1f}, {100 * high:+.1f}], p {gap['p']:.2f}"
+        )
 
 
 def schedule(frame, cfg, epochs: int | None, steps: int | None) -> tuple[int, float, float]:
@@ -415,6 +447,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     size.add_argument("--steps", type=int, help="optimizer steps for both, instead of epochs")
     parser.add_argument("--batch-size", type=int, help="default: the recipe's finetune.batch_size")
     parser.add_argument("--dev", type=int, default=100, help="dev_target utterances to decode")
+    parser.add_argument(
+        "--dev-layouts",
+        default="standard,packed",
+        help="comma-separated Whisper layouts to decode the dev slice in; the first is the "
+        "verdict's (default: standard,packed)",
+    )
     parser.add_argument("--pretrained", action="store_true", help="also decode the base model")
     parser.add_argument("--model", help="default: the recipe's model (bundled:whisper-tiny.en)")
     parser.add_argument("--data-root", type=Path, default=DATA_ROOT, help="default: data/demo")
@@ -450,6 +488,9 @@ def main(argv=None) -> None:
         args.child_out.write_text(json.dumps(child(args.child, json.loads(args.spec))))
         return
     started = time.perf_counter()
+    layouts = [x.strip() for x in args.dev_layouts.split(",") if x.strip()]
+    if not layouts or set(layouts) - {"standard", "short", "packed"}:
+        sys.exit(f"--dev-layouts: {args.dev_layouts!r}: choose from standard, short, packed")
     data_root = args.data_root.resolve()
     subset = data_root / "select" / SUBSET / "subset.parquet"
     if not subset.exists():
@@ -471,6 +512,7 @@ def main(argv=None) -> None:
             "epochs": math.ceil(epochs),
             "max_steps": args.steps or -1,
             "dev": args.dev,
+            "dev_layouts": layouts,
             "set": args.set,
         }
         rows = {}
@@ -491,6 +533,7 @@ def main(argv=None) -> None:
         "layout": cfg.layout,
         "model": base.model.name,
         "dev": args.dev,
+        "dev_layouts": layouts,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "code": code_version(),
@@ -500,8 +543,10 @@ def main(argv=None) -> None:
     print_table(settings, rows, verdict)
     if args.json:
         for row in rows.values():
-            for key in ("losses", "model_dir", "dev_errors", "dev_ref_words"):
+            for key in ("losses", "model_dir"):
                 row.pop(key, None)
+            for figures_ in row["dev_layouts"].values():
+                figures_.pop("errors"), figures_.pop("ref_words")
         figures = {"settings": settings, "recipes": rows, **verdict}
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
 

@@ -232,7 +232,25 @@ def finetune_section(ft: dict) -> list[str]:
         f"rsft / standard: {fmt(ft['ratio'])}x wall clock, {fmt(ft['ratio_cpu'])}x CPU time; "
         f"dev WER {fmt(ft['dev_wer_delta'], '+.1f', 100)} points [95% CI "
         f"{fmt(low, '+.1f', 100)}, {fmt(high, '+.1f', 100)}].",
+        *layout_lines(ft),
     ]
+
+
+def layout_lines(ft: dict) -> list[str]:
+    """The dev WER of each recipe in each layout the dev slice was read in, with the gap."""
+    lines = []
+    for layout, gap in ft.get("dev_by_layout", {}).items():
+        wers = ", ".join(
+            f"{name} {fmt(row['dev_layouts'][layout]['wer'], '.1f', 100)}"
+            for name, row in ft["recipes"].items()
+        )
+        low, high = gap["delta_95ci"]
+        lines.append(
+            f"- dev WER %, {layout} layout: {wers}; rsft - standard "
+            f"{fmt(gap['delta'], '+.1f', 100)} [{fmt(low, '+.1f', 100)}, {fmt(high, '+.1f', 100)}],"
+            f" p {fmt(gap['p'], '.2f')}"
+        )
+    return ["", *lines] if lines else []
 
 
 def select_section(rows_: list[dict]) -> list[str]:

@@ -48,6 +48,8 @@ def test_finetune_throughput_quick(tmp_path, tiny_whisper_dir):
         row = recipes[name]
         assert row["timed_s"] > 0 and row["audio_s_per_s"] > 0 and row["peak_rss_mib"] > 0
         assert 0 <= row["dev_wer"] < 100
+        assert set(row["dev_layouts"]) == {"standard", "packed"}
+    assert set(figures["dev_by_layout"]) == {"standard", "packed"}
     assert figures["ratio"] > 0
 
 
