@@ -80,7 +80,11 @@ def run_all(recipe: Recipe, quick: bool = False) -> dict:
         started = time.perf_counter()
         step(recipe)
         timings[stage] = time.perf_counter() - started
-    results = run(recipe, quick, timings)
+    return run(recipe, quick, timings)
+
+
+def record_timings(recipe: Recipe, quick: bool, timings: dict[str, float]) -> None:
+    """Print the time of each step and write it to ``report/timings.json``."""
     total = sum(timings.values())
     print(f"time per stage ({recipe.name}{', quick' * quick}):")
     for step, seconds in timings.items():
@@ -88,13 +92,13 @@ def run_all(recipe: Recipe, quick: bool = False) -> dict:
     print(f"  {'total':<32} {total / 60:6.1f} min")
     stages = [{"stage": k, "seconds": round(v, 1)} for k, v in timings.items()]
     write_json(recipe.root / "report" / "timings.json", {"quick": quick, "stages": stages})
-    return results
 
 
 def run(recipe: Recipe, quick: bool = False, timings: dict[str, float] | None = None) -> dict:
-    """Train and evaluate every arm (skipping what is done), then write the report.
+    """Train and evaluate every arm (skipping what is done), then write the report; print
+    and write (``report/timings.json``) the time each step took.
 
-    ``timings`` (stage -> seconds) is filled in as the steps finish."""
+    ``timings`` (stage -> seconds, from the stages before) is filled in as the steps finish."""
     arms = plan(recipe, quick)
     log.info("Experiment %s: %d arm(s)%s", recipe.name, len(arms), " (quick: make demo's)" * quick)
     timings = {} if timings is None else timings
@@ -124,4 +128,5 @@ def run(recipe: Recipe, quick: bool = False, timings: dict[str, float] | None = 
     started = time.perf_counter()
     results = report.run(recipe)
     timings["report"] = time.perf_counter() - started
+    record_timings(recipe, quick, timings)
     return results

@@ -70,13 +70,12 @@ def load_runs(recipe: Recipe, roles: dict[str, str], skips: Skips) -> list[stats
         raise UserError(f"no evaluate runs under {folder} (run: rsft evaluate first)")
     seed = recipe.seed if recipe.finetune.seed is None else recipe.finetune.seed
     runs: dict[stats.RunName, stats.Run] = {}
+    other: list[str] = []  # runs of other experiments (dev arms, ...): one skip for them all
     # shortest name first: the bare name that the default pipeline writes wins a duplicate
     for path in sorted(found, key=lambda p: (len(p.name), p.name)):
         key = stats.parse_run_name(path.name, seed, recipe.select.budget)
         if key is None:
-            skips.add(
-                f"run {path.name}", "name is not `pretrained` or `<system>[-k<budget>][-s<seed>]`"
-            )
+            other.append(path.name)
             continue
         if key in runs:
             skips.add(f"run {path.name}", f"same system, seed and budget as {runs[key].name}")
@@ -93,6 +92,11 @@ def load_runs(recipe: Recipe, roles: dict[str, str], skips: Skips) -> list[stats
                 result = read_json(path / name / "wer.json")
                 run.intervals[role] = (result["wer_low"], result["wer_high"])
         runs[key] = run
+    if other:
+        skips.add(
+            f"run {', '.join(other)}",
+            "name is not `pretrained` or `<system>[-k<budget>][-s<seed>]`",
+        )
     return sorted(runs.values(), key=lambda r: r.name)
 
 

@@ -83,6 +83,10 @@ def test_quick_experiment_trains_evaluates_and_reports(
     systems = {row["system"]: row for row in results["systems"]}
     assert systems["rsft"]["seeds"] == [0, 1] and systems["random"]["seeds"] == [0, 1]
     assert (root / "report" / "results.json").exists()
+    timed = json.loads((root / "report" / "timings.json").read_text())  # experiment alone too
+    stages = [s["stage"] for s in timed["stages"]]
+    assert stages[0] == "evaluate pretrained" and stages[-1] == "report"
+    assert "finetune rsft-s1" in stages and "evaluate random" in stages
     stamp = (root / "finetune" / "rsft" / "model" / "model.safetensors").stat().st_mtime_ns
     experiment.run(recipe, quick=True)  # a second run reuses what is done
     assert (root / "finetune" / "rsft" / "model" / "model.safetensors").stat().st_mtime_ns == stamp
@@ -99,6 +103,7 @@ def test_run_all_runs_the_stages_in_order_and_times_them(write_recipe, monkeypat
     def fake_experiment(r, quick, timings):
         calls.append(f"experiment quick={quick}")
         timings["finetune rsft"] = 60.0
+        experiment.record_timings(r, quick, timings)  # as the real one does at its end
         return {"ok": True}
 
     monkeypatch.setattr(experiment, "run", fake_experiment)
