@@ -199,7 +199,9 @@ class ModelConfig:
     context_s: float = 8.0
     pack_gap_s: float = 1.0  # silence between packed utterances
     tokens_per_s: float = 6.0  # generation cap per second of audio (stops repetition loops)
-    decode_bf16: bool = False  # bf16 autocast for decoding (faster, may loop more)
+    # bf16 autocast outside training (decoding; the score's encoder and loss passes): 'auto'
+    # where the machine computes bf16 natively (a GPU with bf16, a CPU with AVX512-BF16 or AMX)
+    bf16: Literal["auto"] | bool = "auto"
     batch_size: int = 16
     threads: int | None = None  # torch threads (default: torch's choice)
 

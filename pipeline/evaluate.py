@@ -55,6 +55,7 @@ def run(recipe: Recipe, model_name: str | None = None, run_name: str | None = No
         reader = model if layout == cfg.layout else loader.with_layout(model, layout)
         settings = {k: v for k, v in to_dict(cfg).items() if k not in ("batch_size", "threads")}
         settings["layout"] = layout
+        settings["bf16"] = getattr(model, "bf16", False)  # model.bf16 resolved here
         key = fingerprint(model_print, settings, file_sha256(path), scoring, __version__)
         result_path = out / name / "wer.json"
         if result_path.exists() and read_json(result_path).get("key") == key:
@@ -68,6 +69,7 @@ def run(recipe: Recipe, model_name: str | None = None, run_name: str | None = No
                 model=cfg.name,
                 model_fingerprint=model_print,
                 layout=layout,
+                bf16=settings["bf16"],
                 code_version=__version__,
                 recipe=to_dict(recipe),
                 **resources.peak_rss(),  # of the run that decoded the set

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import shutil
 import time
 from dataclasses import replace
@@ -36,6 +35,7 @@ from pipeline.evaluate import MODELS_DIR
 from pipeline.fsio import file_sha256, fingerprint, read_json
 from pipeline.models import loader
 from pipeline.models.base import SpeechModel
+from pipeline.resources import cpu_has_bf16
 from pipeline.typed import to_dict
 
 log = logging.getLogger(__name__)
@@ -309,15 +309,6 @@ def precision(setting: str, cpu: bool = False) -> str:
     if torch.cuda.is_available() and not cpu:
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if cpu_has_bf16() else "no"
-
-
-def cpu_has_bf16() -> bool:
-    """Whether the CPU computes bf16 natively (x86 AVX512-BF16 or AMX; Linux /proc/cpuinfo)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
 
 
 def _oom_hint(cfg: FinetuneConfig, step: int) -> str:

@@ -1,9 +1,14 @@
-"""Peak resident memory, recorded by each stage in what it writes (``make bench`` reads it)."""
+"""What the machine offers: peak resident memory, recorded by each stage in what it writes
+(``make bench`` reads it), and whether it computes bf16 natively."""
 
 from __future__ import annotations
 
+import re
 import resource
 import sys
+from pathlib import Path
+
+import torch
 
 # ru_maxrss is in KiB on Linux and in bytes on macOS
 _MAXRSS_PER_MIB = 2**20 if sys.platform == "darwin" else 2**10
@@ -18,3 +23,19 @@ def peak_rss() -> dict[str, float]:
         "peak_rss_mib": round(own / _MAXRSS_PER_MIB, 1),
         "children_peak_rss_mib": round(children / _MAXRSS_PER_MIB, 1),
     }
+
+
+def cpu_has_bf16() -> bool:
+    """Whether the CPU computes bf16 natively (x86 AVX512-BF16 or AMX; Linux /proc/cpuinfo)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
+
+
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether bf16 arithmetic is native, and so faster than fp32, on ``device``."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return torch.device(device).type == "cpu" and cpu_has_bf16()

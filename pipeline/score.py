@@ -61,6 +61,7 @@ def run(recipe: Recipe) -> None:
     model_print = analyser.fingerprint()
     for name, path in paths.items():
         settings = {k: v for k, v in to_dict(cfg).items() if k != "sets"} | {"losses": losses}
+        settings["bf16"] = getattr(analyser, "bf16", False)  # model.bf16 resolved here
         key = fingerprint(
             model_print, to_dict(recipe.model), settings, file_sha256(path), __version__
         )

@@ -109,6 +109,23 @@ def test_evaluate_speed_quick(tmp_path):
     assert isinstance(figures["wer_equal_to_faster_whisper"], bool)
 
 
+@pytest.mark.slow  # about 20 s: the bundled tiny.en decodes 4 commands in fp32 and in bf16
+def test_decode_precision_quick(tmp_path):
+    root, out = tmp_path / "demo", tmp_path / "figures.json"
+    write_set(root, root / "prepare" / "manifests" / "dev_target.parquet", "dev")
+    done = run_script(
+        "decode_precision.py", "--quick", "--data-root", str(root), "--json", str(out),
+        "--threads", "1",
+    )  # fmt: skip
+    assert "bf16" in done.stdout
+    figures = json.loads(out.read_text())
+    rows = figures["sets"]["dev_target"]["arms"]
+    assert set(rows) == {"fp32", "bf16"} and figures["sets"]["dev_target"]["utterances"] == 4
+    assert rows["fp32"]["wer"] < 0.5 and rows["bf16"]["wer"] < 0.5  # clear synthetic commands
+    low, high = rows["bf16"]["delta_95ci"]
+    assert low <= rows["bf16"]["delta"] <= high and rows["bf16"]["speed_vs_fp32"] > 0
+
+
 @pytest.mark.slow  # about 20 s: one counted and one timed step of tiny.en on one window
 def test_flops_quick(tmp_path):
     root, out = tmp_path / "demo", tmp_path / "figures.json"

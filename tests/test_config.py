@@ -155,3 +155,10 @@ def test_a_bare_no_is_the_choice_no_not_false():
     assert load_recipe(DEMO, ["finetune.mixed_precision=no"]).finetune.mixed_precision == "no"
     with pytest.raises(RecipeError, match="mixed_precision: True is not one of"):
         load_recipe(DEMO, ["finetune.mixed_precision=yes"])
+    # model.bf16: 'auto' (the default) or a yes/no
+    assert load_recipe(DEMO).model.bf16 == "auto"
+    assert load_recipe(DEMO, ["model.bf16=false"]).model.bf16 is False
+    assert load_recipe(DEMO, ["model.bf16=no"]).model.bf16 is False
+    assert load_recipe(DEMO, ["model.bf16=true"]).model.bf16 is True
+    with pytest.raises(RecipeError, match="model.bf16"):
+        load_recipe(DEMO, ["model.bf16=fast"])

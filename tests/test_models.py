@@ -30,6 +30,31 @@ def test_whisper_layouts_transcribe_embed_and_score(tiny_whisper_dir, speech, la
     assert losses.shape == (3,) and (losses > 0).all()
 
 
+def test_bf16_inference_follows_the_machine_and_keeps_the_numbers(
+    tiny_whisper_dir, speech, monkeypatch
+):
+    from pipeline import resources
+
+    for native in (True, False):  # 'auto': bf16 only where the CPU computes it natively
+        monkeypatch.setattr(resources, "cpu_has_bf16", lambda native=native: native)
+        assert loader.load(ModelConfig(name=str(tiny_whisper_dir)), tiny_whisper_dir).bf16 is native
+    # an explicit setting is kept whatever the machine
+    explicit = ModelConfig(name=str(tiny_whisper_dir), layout="packed", bf16=True)
+    half = loader.load(explicit, tiny_whisper_dir)
+    assert half.bf16 is True and loader.with_layout(half, "standard").bf16 is True
+    full = loader.load(
+        ModelConfig(name=str(tiny_whisper_dir), layout="packed", bf16=False), tiny_whisper_dir
+    )
+    batch, texts = waves(speech), ["Turn on the lights.", "Hello.", "Turn on the kitchen lights."]
+    emb, losses = half.analyse(batch, texts)
+    assert emb.dtype == np.float32 and losses.dtype == np.float32
+    emb32, losses32 = full.analyse(batch, texts)
+    np.testing.assert_allclose(losses, losses32, rtol=0.05)  # bf16 keeps 8 bits of mantissa
+    cosine = (emb * emb32).sum(1) / np.linalg.norm(emb, axis=1) / np.linalg.norm(emb32, axis=1)
+    assert (cosine > 0.99).all()
+    assert all(isinstance(t, str) for t in half.transcribe(batch))
+
+
 def test_whisper_loss_and_embedding_do_not_depend_on_the_batch(tiny_whisper_dir, speech):
     model = loader.load(
         ModelConfig(name=str(tiny_whisper_dir), layout="short", context_s=8.0), tiny_whisper_dir

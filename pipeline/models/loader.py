@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 import transformers
 
+from pipeline import resources
 from pipeline.config import ModelConfig
 from pipeline.errors import UserError
 from pipeline.models.base import SpeechModel
@@ -41,7 +42,7 @@ def load(cfg: ModelConfig, cache_dir: Path) -> SpeechModel:
             context_s=cfg.context_s,
             pack_gap_s=cfg.pack_gap_s,
             tokens_per_s=cfg.tokens_per_s,
-            decode_bf16=cfg.decode_bf16,
+            bf16=resources.native_bf16(model.device) if cfg.bf16 == "auto" else cfg.bf16,
         )
     if hasattr(model, "lm_head"):  # wav2vec2, HuBERT, WavLM, ... with a CTC head
         return CTC(model, processor, cfg.name)
@@ -60,7 +61,7 @@ def with_layout(model: SpeechModel, layout: str) -> SpeechModel:
         context_s=model.configured_context_s,
         pack_gap_s=model.pack_gap_s,
         tokens_per_s=model.tokens_per_s,
-        decode_bf16=model.decode_bf16,
+        bf16=model.bf16,
     )
 
 

@@ -46,7 +46,7 @@ class Whisper(SpeechModel):
         context_s: float = 8.0,
         pack_gap_s: float = 1.0,
         tokens_per_s: float = 6.0,
-        decode_bf16: bool = False,
+        bf16: bool = False,
     ):
         if layout not in LAYOUTS:
             raise ValueError(f"unknown layout {layout!r}")
@@ -58,7 +58,7 @@ class Whisper(SpeechModel):
         self.context_s = min(context_s, CHUNK_S) if layout == "short" else CHUNK_S
         self.pack_gap_s = pack_gap_s
         self.tokens_per_s = tokens_per_s  # caps generation: loops stop at a length speech can have
-        self.decode_bf16 = decode_bf16
+        self.bf16 = bf16  # autocast outside training: decoding, encoder and loss passes
         gen = model.generation_config
         self.prefix = [gen.decoder_start_token_id, gen.no_timestamps_token_id]
         self.eot = gen.eos_token_id if isinstance(gen.eos_token_id, int) else gen.eos_token_id[0]
@@ -145,10 +145,7 @@ class Whisper(SpeechModel):
         return min(440, math.ceil(speech_s * self.tokens_per_s) + 8 + extra)
 
     def _generate(self, feats: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:
-        with (
-            _quiet_transformers(),
-            torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.decode_bf16),
-        ):
+        with _quiet_transformers(), self.autocast():
             return self.model.generate(
                 input_features=feats,
                 max_new_tokens=max_new_tokens,
@@ -288,7 +285,9 @@ class Whisper(SpeechModel):
     def _token_nll(self, states: torch.Tensor, tokens: list[list[int]]) -> torch.Tensor:
         """NLL of each target token (rows: inputs; columns: text tokens then end of text)."""
         inputs, targets = self._teacher_forcing(tokens)
-        logits = self.model(encoder_outputs=(states,), decoder_input_ids=inputs).logits.float()
+        with self.autocast():
+            logits = self.model(encoder_outputs=(states,), decoder_input_ids=inputs).logits
+        logits = logits.float()
         # on flat (positions, vocabulary) rows: the (batch, vocabulary, positions) layout that
         # cross_entropy also takes is several times slower on the CPU
         nll = torch.nn.functional.cross_entropy(
@@ -298,8 +297,13 @@ class Whisper(SpeechModel):
         return nll[:, len(self.prefix) - 1 :]
 
     def _encode(self, waves: Sequence[np.ndarray], seconds: float) -> torch.Tensor:
-        with self.context(seconds):
-            return self.model.get_encoder()(self.features(waves, seconds)).last_hidden_state
+        feats = self.features(waves, seconds)  # log-mel in fp32, outside autocast
+        with self.context(seconds), self.autocast():
+            return self.model.get_encoder()(feats).last_hidden_state
+
+    def autocast(self):
+        """bf16 autocast on the model's device when ``bf16`` is set, else nothing."""
+        return torch.autocast(self.model.device.type, torch.bfloat16, enabled=self.bf16)
 
     def text_tokens(self, text: str) -> list[int]:
         """Transcript tokens followed by end of text (Whisper's text starts with a space)."""
