@@ -42,8 +42,11 @@ def test_finetune_throughput_quick(tmp_path, tiny_whisper_dir):
     figures = json.loads(out.read_text())
     settings, recipes = figures["settings"], figures["recipes"]
     assert settings["utterances"] == 4 and settings["steps"] == 2  # batch 2, one epoch
-    # the product draws the recipe's batch_seconds of audio per step: the 4 commands are one
-    assert recipes["standard"]["steps"] == 2 and recipes["rsft"]["steps"] == 1
+    # matched: the product draws the standard batches' mean audio per step, so it takes as
+    # many steps (up to one more, for the epoch's remainder), with no distillation, in fp32
+    assert recipes["standard"]["steps"] == 2 and recipes["rsft"]["steps"] in (2, 3)
+    assert settings["rsft_settings"] == "matched"
+    assert "finetune.distill_weight=0" in settings["rsft_overrides"]
     for name in ("standard", "rsft"):
         row = recipes[name]
         assert row["timed_s"] > 0 and row["audio_s_per_s"] > 0 and row["peak_rss_mib"] > 0
