@@ -199,6 +199,9 @@ class ModelConfig:
     context_s: float = 8.0
     pack_gap_s: float = 1.0  # silence between packed utterances
     tokens_per_s: float = 6.0  # generation cap per second of audio (stops repetition loops)
+    # Whisper: stop a transcript as soon as its last tokens repeat one block of up to 8 tokens
+    # this many times, and keep one copy (0: loops run to the tokens_per_s cap)
+    loop_repeats: int = 0
     # bf16 autocast outside training (decoding; the score's encoder and loss passes): 'auto'
     # where the machine computes bf16 natively (a GPU with bf16, a CPU with AVX512-BF16 or AMX)
     bf16: Literal["auto"] | bool = "auto"
@@ -466,6 +469,8 @@ def _check(recipe: Recipe) -> None:
             raise RecipeError(f"prepare.sets: set name {name!r} must be letters, digits, _ or -")
     if recipe.model.context_s <= 0 or recipe.model.context_s > 30:
         raise RecipeError("model.context_s: must be in (0, 30] seconds")
+    if recipe.model.loop_repeats == 1 or recipe.model.loop_repeats < 0:
+        raise RecipeError("model.loop_repeats: 0 (off) or at least 2 copies")
     ft = recipe.finetune
     for key in ("steps", "batch_size", "grad_accum", "save_every", "max_bad_steps"):
         if getattr(ft, key) < 1:

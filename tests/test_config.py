@@ -162,3 +162,5 @@ def test_a_bare_no_is_the_choice_no_not_false():
     assert load_recipe(DEMO, ["model.bf16=true"]).model.bf16 is True
     with pytest.raises(RecipeError, match="model.bf16"):
         load_recipe(DEMO, ["model.bf16=fast"])
+    with pytest.raises(RecipeError, match="model.loop_repeats: 0"):
+        load_recipe(DEMO, ["model.loop_repeats=1"])

@@ -8,7 +8,7 @@ from pipeline.config import ModelConfig
 from pipeline.errors import UserError
 from pipeline.models import loader
 from pipeline.models.base import length_batches
-from pipeline.models.whisper import assign_segments
+from pipeline.models.whisper import LoopStop, assign_segments, trim_loop
 
 
 def waves(speech, n=3):
@@ -147,3 +147,31 @@ def test_unreachable_models_give_one_line_errors(tmp_path, monkeypatch):
 def test_length_batches_group_similar_lengths():
     batches = list(length_batches([1.0, 5.0, 2.0, 4.0, 3.0], 2))
     assert batches == [[1, 3], [4, 2], [0]]
+
+
+def test_repetition_loops_are_found_stopped_and_cut_to_one_copy():
+    eot = 50256
+    looped = [1, 2, 7, 8, 9, 7, 8, 9, 7, 8, 9, 7, 8, 9, eot, eot]
+    assert trim_loop(looped, 3, skip={eot}) == [1, 2, 7, 8, 9, eot, eot]
+    assert trim_loop([1, 5, 5, 5, 5], 4) == [1, 5]  # a one-token loop
+    assert trim_loop([1, 5, 5, 5], 4) == [1, 5, 5, 5]  # three copies are not four
+    assert trim_loop([3, 1, 2, 1, 2], 3) == [3, 1, 2, 1, 2]  # two copies: speech can repeat
+    # generation: rows stop one by one, once the loop is complete (the prompt is not looked at)
+    stop = LoopStop(3, prompt_len=2)
+    rows = torch.tensor(
+        [[9, 9, 4, 6, 4, 6, 4, 6], [9, 9, 4, 6, 4, 6, 1, 2], [9, 9, 9, 3, 3, 3, 5, 5]]
+    )
+    assert stop(rows, None).tolist() == [True, False, False]
+    assert stop(torch.tensor([[9, 9, 3, 3, 3]]), None).tolist() == [True]
+
+
+def test_loop_stopping_decodes_with_the_tiny_model(tiny_whisper_dir, speech):
+    plain = loader.load(ModelConfig(name=str(tiny_whisper_dir), bf16=False), tiny_whisper_dir)
+    cut = loader.load(
+        ModelConfig(name=str(tiny_whisper_dir), bf16=False, loop_repeats=2), tiny_whisper_dir
+    )
+    assert cut.loop_repeats == 2 and loader.with_layout(cut, "packed").loop_repeats == 2
+    batch = waves(speech)
+    # a random tiny model loops at once: with loops cut, no transcript is longer
+    for a, b in zip(plain.transcribe(batch), cut.transcribe(batch), strict=True):
+        assert len(b) <= len(a)

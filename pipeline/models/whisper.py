@@ -27,6 +27,57 @@ FRAMES_PER_S = 50  # encoder positions per second (10 ms mel hop, then stride 2)
 LAYOUTS = ("standard", "short", "packed")
 
 
+MAX_LOOP_PERIOD = 8  # tokens in the longest block that a loop is checked for
+
+
+def loop_copies(tokens: Sequence[int], repeats: int) -> tuple[int, int]:
+    """(period, copies) of the shortest block of at most MAX_LOOP_PERIOD tokens that ends
+    ``tokens`` at least ``repeats`` times in a row; (0, 0) if none does."""
+    for period in range(1, MAX_LOOP_PERIOD + 1):
+        block, copies = list(tokens[-period:]), 1
+        if len(tokens) < period * repeats:
+            break
+        while (copies + 1) * period <= len(tokens) and list(
+            tokens[-(copies + 1) * period : -copies * period]
+        ) == block:
+            copies += 1
+        if copies >= repeats:
+            return period, copies
+    return 0, 0
+
+
+def trim_loop(tokens: list[int], repeats: int, skip: set[int] = frozenset()) -> list[int]:
+    """``tokens`` with a trailing loop (a block repeated ``repeats`` times or more) cut to one
+    copy; trailing ``skip`` tokens (end of text, padding) are set aside while looking."""
+    end = len(tokens)
+    while end and tokens[end - 1] in skip:
+        end -= 1
+    period, copies = loop_copies(tokens[:end], repeats)
+    if not copies:
+        return tokens
+    return tokens[: end - (copies - 1) * period] + tokens[end:]
+
+
+class LoopStop(transformers.StoppingCriteria):
+    """Stops each generated row as soon as its last tokens repeat one block (of up to
+    MAX_LOOP_PERIOD tokens) ``repeats`` times: a repetition loop, which would otherwise run
+    to the token budget and hold up its whole batch."""
+
+    def __init__(self, repeats: int, prompt_len: int):
+        self.repeats, self.prompt_len = repeats, prompt_len
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        generated = input_ids[:, self.prompt_len :]
+        for period in range(1, MAX_LOOP_PERIOD + 1):
+            span = period * self.repeats
+            if span > generated.shape[1]:
+                break
+            tail = generated[:, -span:].reshape(-1, self.repeats, period)
+            done |= (tail == tail[:, :1]).all(dim=2).all(dim=1)
+        return done
+
+
 @dataclass(frozen=True)
 class Window:
     """Utterances packed into one window, and where each one sits (seconds)."""
@@ -47,6 +98,7 @@ class Whisper(SpeechModel):
         pack_gap_s: float = 1.0,
         tokens_per_s: float = 6.0,
         bf16: bool = False,
+        loop_repeats: int = 0,
     ):
         if layout not in LAYOUTS:
             raise ValueError(f"unknown layout {layout!r}")
@@ -59,6 +111,7 @@ class Whisper(SpeechModel):
         self.pack_gap_s = pack_gap_s
         self.tokens_per_s = tokens_per_s  # caps generation: loops stop at a length speech can have
         self.bf16 = bf16  # autocast outside training: decoding, encoder and loss passes
+        self.loop_repeats = loop_repeats  # 0: loops run to the tokens_per_s cap
         gen = model.generation_config
         self.prefix = [gen.decoder_start_token_id, gen.no_timestamps_token_id]
         self.eot = gen.eos_token_id if isinstance(gen.eos_token_id, int) else gen.eos_token_id[0]
@@ -145,6 +198,9 @@ class Whisper(SpeechModel):
         return min(440, math.ceil(speech_s * self.tokens_per_s) + 8 + extra)
 
     def _generate(self, feats: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:
+        if self.loop_repeats:
+            stop = LoopStop(self.loop_repeats, len(self.prefix))
+            kwargs["stopping_criteria"] = transformers.StoppingCriteriaList([stop])
         with _quiet_transformers(), self.autocast():
             return self.model.generate(
                 input_features=feats,
@@ -155,7 +211,10 @@ class Whisper(SpeechModel):
             )
 
     def _decode(self, ids: torch.Tensor) -> list[str]:
-        return [t.strip() for t in self.processor.batch_decode(ids, skip_special_tokens=True)]
+        rows = ids.tolist()
+        if self.loop_repeats:
+            rows = [trim_loop(row, self.loop_repeats, skip={self.eot}) for row in rows]
+        return [t.strip() for t in self.processor.batch_decode(rows, skip_special_tokens=True)]
 
     def pack(
         self, waves: Sequence[np.ndarray], gap_s: float | None = None, first_fit: bool = False
