@@ -15,7 +15,7 @@ import logging
 import time
 from dataclasses import dataclass, replace
 
-from pipeline import evaluate, finetune, report, select
+from pipeline import evaluate, finetune, report, resources, select
 from pipeline.config import Recipe
 from pipeline.fsio import write_json
 
@@ -86,12 +86,19 @@ def run_all(recipe: Recipe, quick: bool = False) -> dict:
 def record_timings(recipe: Recipe, quick: bool, timings: dict[str, float]) -> None:
     """Print the time of each step and write it to ``report/timings.json``."""
     total = sum(timings.values())
+    host = resources.machine()
     print(f"time per stage ({recipe.name}{', quick' * quick}):")
     for step, seconds in timings.items():
         print(f"  {step:<32} {seconds / 60:6.1f} min")
     print(f"  {'total':<32} {total / 60:6.1f} min")
+    bf16 = "native bf16" if host["native_bf16"] else "no native bf16: fp32 inference and training"
+    isa = f" ({host['vector_isa']})" if host["vector_isa"] else ""
+    print(f"  on {host['cores']} cores, {host['cpu']}{isa}, {bf16}")
     stages = [{"stage": k, "seconds": round(v, 1)} for k, v in timings.items()]
-    write_json(recipe.root / "report" / "timings.json", {"quick": quick, "stages": stages})
+    write_json(
+        recipe.root / "report" / "timings.json",
+        {"quick": quick, "stages": stages, "machine": host},
+    )
 
 
 def run(recipe: Recipe, quick: bool = False, timings: dict[str, float] | None = None) -> dict:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import re
 import resource
 import sys
@@ -39,3 +41,37 @@ def native_bf16(device: torch.device | str) -> bool:
     if torch.device(device).type == "cuda":
         return torch.cuda.is_bf16_supported()
     return torch.device(device).type == "cpu" and cpu_has_bf16()
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what the platform module reports."""
+    try:
+        found = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+    except OSError:
+        found = None
+    return found.group(1).strip() if found else (platform.processor() or platform.machine())
+
+
+def cpu_vector_isa() -> str:
+    """The widest x86 vector extension the CPU offers that matters to torch here ('' if
+    unknown): AMX and AVX512-BF16 compute bf16 natively, AVX512 and AVX2 only fp32."""
+    try:
+        flags = set(re.findall(r"\w+", Path("/proc/cpuinfo").read_text()))
+    except OSError:
+        return ""
+    order = ("amx_bf16", "avx512_bf16", "avx512f", "avx2", "avx")
+    return next((flag for flag in order if flag in flags), "")
+
+
+def machine() -> dict:
+    """What a stage's time depends on: CPU model, cores torch may use, native bf16 (which
+    ``model.bf16: auto`` and ``finetune.mixed_precision: auto`` follow)."""
+    affinity = getattr(os, "sched_getaffinity", None)  # Linux: the cores this process may use
+    return {
+        "cpu": cpu_model(),
+        "vector_isa": cpu_vector_isa(),
+        "cores": len(affinity(0)) if affinity else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+        "native_bf16": native_bf16("cuda" if torch.cuda.is_available() else "cpu"),
+    }

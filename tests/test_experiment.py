@@ -2,10 +2,11 @@
 
 import itertools
 import json
+import os
 
 import numpy as np
 
-from pipeline import evaluate, experiment, manifest, prepare
+from pipeline import evaluate, experiment, manifest, prepare, resources
 from pipeline.config import load_recipe
 from tests.factories import ACCENTS, NOISES, TEXTS, fake_scored_set, write_subset
 
@@ -112,5 +113,9 @@ def test_run_all_runs_the_stages_in_order_and_times_them(write_recipe, monkeypat
     saved = json.loads((recipe.root / "report" / "timings.json").read_text())
     assert saved["quick"] is True
     assert [s["stage"] for s in saved["stages"]] == ["prepare", "score", "select", "finetune rsft"]
+    host = saved["machine"]  # what the times depend on
+    assert host["cores"] == len(os.sched_getaffinity(0)) and host["cpu"]
+    assert host["native_bf16"] == resources.native_bf16("cpu")
     printed = capsys.readouterr().out
     assert "finetune rsft" in printed and "1.0 min" in printed and "total" in printed
+    assert f"on {host['cores']} cores, {host['cpu']}" in printed
