@@ -67,6 +67,8 @@ def _compare(args: argparse.Namespace) -> None:
         if not run.is_dir():
             raise UserError(f"not an evaluate run folder: {run}")
     evaluate.compare(args.run_a, args.run_b, n_boot=args.bootstrap)
+    for name in args.changes or ():
+        evaluate.changes(args.run_a, args.run_b, name, top=args.top)
 
 
 STAGES = {
@@ -135,6 +137,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("run_b", type=Path, help="second evaluate run folder")
     compare.add_argument("--bootstrap", type=int, default=1000, help="resamples (default 1000)")
+    compare.add_argument(
+        "--changes",
+        action="append",
+        metavar="SET",
+        help="also list SET's utterances whose errors changed, most changed first (repeatable)",
+    )
+    compare.add_argument(
+        "--top", type=int, default=20, help="with --changes: utterances shown each way (20)"
+    )
     compare.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     compare.set_defaults(func=_compare)
     return parser

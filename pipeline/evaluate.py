@@ -266,3 +266,27 @@ def compare(run_a: Path, run_b: Path, seed: int = 0, n_boot: int = 1000) -> pd.D
     print(f"WER (%): A = {run_a}, B = {run_b}; delta = B - A with 95% interval")
     print(shown.to_string(index=False))
     return table
+
+
+def changes(run_a: Path, run_b: Path, name: str, top: int = 20) -> pd.DataFrame:
+    """The utterances of set ``name`` whose error count differs between two runs, most
+    changed first (B worse before B better): where a model gained or lost, word by word."""
+    columns = ["id", "errors", "ref_words", "reference_norm", "hypothesis_norm"]
+    paths = [run / name / "utterances.parquet" for run in (run_a, run_b)]
+    for path in paths:
+        if not path.exists():
+            raise UserError(f"set {name!r}: no {path} (evaluate the set with both runs first)")
+    a, b = (pd.read_parquet(path)[columns] for path in paths)
+    both = a.merge(b.drop(columns=["ref_words", "reference_norm"]), on="id", suffixes=("_a", "_b"))
+    both["delta"] = both["errors_b"] - both["errors_a"]
+    changed = both[both["delta"] != 0].sort_values(["delta", "id"], ascending=[False, True])
+    print(
+        f"{name}: {len(both)} utterances, {int(both['ref_words'].sum())} words; errors "
+        f"{int(both['errors_a'].sum())} (A) -> {int(both['errors_b'].sum())} (B); "
+        f"{int((both['delta'] > 0).sum())} worse in B, {int((both['delta'] < 0).sum())} better"
+    )
+    shown = pd.concat([changed.head(top), changed[changed["delta"] < 0].tail(top)])
+    for row in shown.drop_duplicates("id").itertuples():
+        print(f"{row.delta:+d} {row.id}\n   ref {row.reference_norm}")
+        print(f"   A   {row.hypothesis_norm_a}\n   B   {row.hypothesis_norm_b}")
+    return changed.reset_index(drop=True)

@@ -6,7 +6,7 @@ from dataclasses import replace
 import pandas as pd
 import pytest
 
-from pipeline import evaluate, prepare
+from pipeline import cli, evaluate, prepare
 from pipeline.config import load_recipe
 from pipeline.errors import UserError
 
@@ -94,3 +94,46 @@ def test_packed_evaluation_cuts_windows_by_their_references(prepared):
     assert table.loc["ast", "wer"] < 0.15
     result = json.loads((prepared.root / "evaluate" / "packed" / "cmd" / "wer.json").read_text())
     assert result["utterances"] == 8  # 4 clean + 4 in white noise, packed apart by group
+
+
+def _run_folder(root, name, rows):
+    frame = pd.DataFrame(
+        rows, columns=["id", "errors", "ref_words", "reference_norm", "hypothesis_norm"]
+    )
+    (root / name / "set").mkdir(parents=True)
+    frame.to_parquet(root / name / "set" / "utterances.parquet")
+    return root / name
+
+
+def test_changes_lists_the_utterances_that_moved_worst_first(tmp_path, capsys):
+    a = _run_folder(
+        tmp_path,
+        "a",
+        [
+            ("u1", 0, 2, "the tone", "the tone"),
+            ("u2", 1, 2, "semicolon", "simi colin"),
+            ("u3", 0, 3, "press star now", "press star now"),
+            ("u4", 0, 1, "same", "same"),
+        ],
+    )
+    b = _run_folder(
+        tmp_path,
+        "b",
+        [
+            ("u1", 1, 2, "the tone", "the town"),
+            ("u2", 0, 2, "semicolon", "semicolon"),
+            ("u3", 3, 3, "press star now", "a b c"),
+            ("u4", 0, 1, "same", "same"),
+        ],
+    )
+    changed = evaluate.changes(a, b, "set", top=5)
+    assert changed["id"].tolist() == ["u3", "u1", "u2"]  # worst loss first, then gains
+    assert changed["delta"].tolist() == [3, 1, -1]
+    printed = capsys.readouterr().out
+    assert "errors 1 (A) -> 4 (B); 2 worse in B, 1 better" in printed
+    assert "B   the town" in printed and "u4" not in printed
+    with pytest.raises(UserError, match="no .*utterances.parquet"):
+        evaluate.changes(a, b, "missing")
+    cli.main(["compare", str(a), str(b), "--bootstrap", "50", "--changes", "set", "--top", "1"])
+    printed = capsys.readouterr().out
+    assert "+3 u3" in printed and "-1 u2" in printed and "u1" not in printed  # one each way
