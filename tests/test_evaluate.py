@@ -105,26 +105,23 @@ def _run_folder(root, name, rows):
     return root / name
 
 
+# id, reference, (errors, hypothesis) of run A, then of run B
+MOVES = [
+    ("u1", "the tone", (0, "the tone"), (1, "the town")),
+    ("u2", "semicolon", (1, "simi colin"), (0, "semicolon")),
+    ("u3", "press star now", (0, "press star now"), (3, "a b c")),
+    ("u4", "same", (0, "same"), (0, "same")),
+]
+
+
 def test_changes_lists_the_utterances_that_moved_worst_first(tmp_path, capsys):
-    a = _run_folder(
-        tmp_path,
-        "a",
-        [
-            ("u1", 0, 2, "the tone", "the tone"),
-            ("u2", 1, 2, "semicolon", "simi colin"),
-            ("u3", 0, 3, "press star now", "press star now"),
-            ("u4", 0, 1, "same", "same"),
-        ],
-    )
-    b = _run_folder(
-        tmp_path,
-        "b",
-        [
-            ("u1", 1, 2, "the tone", "the town"),
-            ("u2", 0, 2, "semicolon", "semicolon"),
-            ("u3", 3, 3, "press star now", "a b c"),
-            ("u4", 0, 1, "same", "same"),
-        ],
+    a, b = (
+        _run_folder(
+            tmp_path,
+            name,
+            [(i, run[k][0], len(ref.split()), ref, run[k][1]) for i, ref, *run in MOVES],
+        )
+        for k, name in enumerate("ab")
     )
     changed = evaluate.changes(a, b, "set", top=5)
     assert changed["id"].tolist() == ["u3", "u1", "u2"]  # worst loss first, then gains
