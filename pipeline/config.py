@@ -200,13 +200,25 @@ class ModelConfig:
     pack_gap_s: float = 1.0  # silence between packed utterances
     tokens_per_s: float = 6.0  # generation cap per second of audio (stops repetition loops)
     # Whisper: stop a transcript as soon as its last tokens repeat one block of up to 8 tokens
-    # this many times, and keep one copy (0: loops run to the tokens_per_s cap)
-    loop_repeats: int = 0
+    # this many times, and keep one copy (0: loops run to the tokens_per_s cap, which in a
+    # packed window is the whole window's); 4 chosen on the dev sets (recipes/RESULTS.md)
+    loop_repeats: int = 4
     # bf16 autocast outside training (decoding; the score's encoder and loss passes): 'auto'
     # where the machine computes bf16 natively (a GPU with bf16, a CPU with AVX512-BF16 or AMX)
     bf16: Literal["auto"] | bool = "auto"
     batch_size: int = 16
     threads: int | None = None  # torch threads (default: torch's choice)
+
+    def key(self, decodes: bool) -> dict:
+        """The settings that a stage's output depends on, for its key: a stage that generates
+        no transcript leaves out DECODING_FIELDS, so changing one re-decodes without scoring
+        or training again."""
+        fields = typed.to_dict(self)
+        return fields if decodes else {k: v for k, v in fields.items() if k not in DECODING_FIELDS}
+
+
+# ModelConfig fields that only change generated transcripts (not embeddings, losses or training)
+DECODING_FIELDS = ("tokens_per_s", "loop_repeats")
 
 
 @dataclass(frozen=True)
@@ -323,6 +335,9 @@ class FinetuneConfig:
     replay_fraction: float = 0.0  # share of each batch drawn at random from the labelled pool
     distill_weight: float = 0.0  # weight of KL(frozen pretrained || model) on output tokens
     l2_weight: float = 0.0  # weight of the squared distance to the pretrained weights (L2-SP)
+    # the saved model's weights: interpolate * trained + (1 - interpolate) * pretrained
+    # (WiSE-FT weight-space ensembling); 1.0 saves the trained weights as they are
+    interpolate: float = 1.0
     # a dev set of real speech watched during training: the saved model is the best on the
     # first eval set among evaluations whose guard WER is within guard_tolerance (absolute)
     # of the pretrained model's (evaluated at step 0); the guard set joins eval_sets
@@ -485,6 +500,8 @@ def _check(recipe: Recipe) -> None:
     for key in ("distill_weight", "l2_weight", "guard_tolerance"):
         if getattr(ft, key) < 0:
             raise RecipeError(f"finetune.{key}: must be 0 or more")
+    if not 0.0 < ft.interpolate <= 1.0:
+        raise RecipeError("finetune.interpolate: must be in (0, 1] (1: the trained weights)")
     if ft.batch_seconds is not None and ft.batch_seconds <= 0:
         raise RecipeError("finetune.batch_seconds: must be positive, or null to count utterances")
     for key, value in (

@@ -110,7 +110,7 @@ def training_function(
     prints = [file_sha256(p) for p in [*dev_paths.values(), pool_path] if p is not None]
     key = fingerprint(
         to_dict(cfg),
-        to_dict(model_cfg),
+        model_cfg.key(decodes=bool(cfg.eval_every)),  # validation decodes the dev sets
         file_sha256(subset_path),
         __version__,
         accelerator.mixed_precision,  # 'auto' resolves by machine
@@ -246,6 +246,8 @@ def training_function(
     if main:
         best = best_dir if dev["best"] is not None else None
         module = accelerator.unwrap_model(model)
+        if cfg.interpolate < 1.0:
+            module, best = _interpolated(module, best, model_cfg, cfg.interpolate), None
         finetune_io.write_outputs(out, module, wrapped.processor, record, best)
         log.info(
             "trained on %.0f s of audio in %.0f s (%.1f audio s/s), padding %.1f%%",
@@ -257,6 +259,20 @@ def training_function(
     accelerator.wait_for_everyone()
     accelerator.end_training()  # closes the trackers and, last of all, the process group
     return record
+
+
+def _interpolated(module, best: Path | None, model_cfg, weight: float) -> torch.nn.Module:
+    """The model to save (the best dev model when there is one), its weights mixed with
+    the pretrained model's: ``weight`` * trained + (1 - ``weight``) * pretrained."""
+    trained = forgetting.plain(module)
+    if best is not None:
+        trained = type(trained).from_pretrained(best)
+    pretrained = loader.load(model_cfg, MODELS_DIR).model
+    mixed = forgetting.interpolate(trained, pretrained, weight)
+    log.info(
+        "saved weights: %.2f x trained + %.2f x pretrained (%d tensors)", weight, 1 - weight, mixed
+    )
+    return trained
 
 
 def eval_names(cfg: FinetuneConfig) -> list[str]:

@@ -85,6 +85,10 @@ def model_card(record: dict) -> str:
         for k in ("replay_fraction", "distill_weight", "l2_weight", "guard_set")
         if ft.get(k)
     )
+    if ft.get("interpolate", 1.0) < 1.0:
+        w = ft["interpolate"]
+        mix = f"saved weights {w:g} x trained + {1 - w:g} x pretrained (WiSE-FT)"
+        control = f"{control}, {mix}" if control else mix
     rss = record.get("peak_rss_mib")
     peak = f"; peak memory {rss:,.0f} MiB (main process)" if rss else ""
     return (

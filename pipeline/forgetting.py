@@ -152,3 +152,24 @@ def plain(module: torch.nn.Module) -> torch.nn.Module:
     if isinstance(module, PeftModel):
         return copy.deepcopy(module).merge_and_unload()
     return module
+
+
+def interpolate(model: torch.nn.Module, pretrained: torch.nn.Module, weight: float) -> int:
+    """Weight-space ensembling (WiSE-FT, Wortsman et al. 2022): set each parameter of
+    ``model`` to ``weight`` * trained + (1 - ``weight``) * pretrained, in place.
+
+    Parameters the pretrained model lacks or holds in another shape (a CTC head built for a
+    new vocabulary) keep their trained values; buffers are left alone. Tied weights are one
+    parameter, mixed once. Returns how many parameters were mixed."""
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"interpolation weight {weight} is outside [0, 1]")
+    start = dict(pretrained.named_parameters())
+    mixed = 0
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            ref = start.get(name)
+            if ref is None or ref.shape != param.shape:
+                continue
+            param.lerp_(ref.to(param.device, param.dtype), 1.0 - weight)
+            mixed += 1
+    return mixed

@@ -63,7 +63,11 @@ def run(recipe: Recipe) -> None:
         settings = {k: v for k, v in to_dict(cfg).items() if k != "sets"} | {"losses": losses}
         settings["bf16"] = getattr(analyser, "bf16", False)  # model.bf16 resolved here
         key = fingerprint(
-            model_print, to_dict(recipe.model), settings, file_sha256(path), __version__
+            model_print,
+            recipe.model.key(decodes=cfg.hypotheses),
+            settings,
+            file_sha256(path),
+            __version__,
         )
         out = recipe.root / "score" / name
         done = out / "done.json"

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -32,6 +33,8 @@ def test_loss_falls_and_the_model_loads(ft_recipe):
     assert pd.read_json(out / "train_log.json", typ="series")["steps"] == 20
     stamp = (out / "model" / "model.safetensors").stat().st_mtime_ns
     assert finetune.run(recipe)["losses"] == losses  # unchanged inputs: not trained again
+    decoding = replace(recipe, model=replace(recipe.model, loop_repeats=3, tokens_per_s=4.0))
+    finetune.run(decoding)  # decoding settings alone: no dev set is decoded, nothing to redo
     assert (out / "model" / "model.safetensors").stat().st_mtime_ns == stamp
     model = transformers.WhisperForConditionalGeneration.from_pretrained(out / "model")
     assert model.config.d_model == 32

@@ -88,6 +88,46 @@ def test_lora_on_ctc_keeps_the_head_trainable(ft_recipe, tiny_ctc_dir):
     assert not torch.equal(saved["lm_head.weight"], before["lm_head.weight"])
 
 
+def test_interpolate_mixes_each_parameter_once_and_keeps_a_new_head(tiny_whisper_dir, tiny_ctc_dir):
+    load = transformers.WhisperForConditionalGeneration.from_pretrained
+    pretrained, trained = load(tiny_whisper_dir), load(tiny_whisper_dir)
+    with torch.no_grad():
+        for param in trained.parameters():
+            param.add_(1.0)
+    assert forgetting.interpolate(trained, pretrained, 0.25) == len(list(trained.parameters()))
+    start = dict(pretrained.named_parameters())
+    for name, param in trained.named_parameters():
+        torch.testing.assert_close(param, start[name] + 0.25)
+    # the output projection is tied to the token embeddings: mixed once, not twice
+    torch.testing.assert_close(trained.proj_out.weight, pretrained.proj_out.weight + 0.25)
+    ctc = transformers.Wav2Vec2ForCTC.from_pretrained(tiny_ctc_dir)
+    new_vocab = transformers.Wav2Vec2ForCTC.from_pretrained(tiny_ctc_dir)
+    new_vocab.lm_head = torch.nn.Linear(ctc.lm_head.in_features, ctc.lm_head.out_features + 3)
+    head = new_vocab.lm_head.weight.detach().clone()
+    forgetting.interpolate(new_vocab, ctc, 0.5)
+    assert torch.equal(new_vocab.lm_head.weight, head)  # no pretrained counterpart: as trained
+    with pytest.raises(ValueError, match="outside"):
+        forgetting.interpolate(trained, pretrained, 1.5)
+
+
+def test_finetune_saves_the_interpolated_weights(ft_recipe, tiny_whisper_dir):
+    _, recipe = ft_recipe(steps=4, lr=1e-2)
+    finetune.run(recipe)
+    trained = weights(recipe)
+    _, mixed_recipe = ft_recipe(steps=4, lr=1e-2, interpolate=0.25)
+    finetune.run(mixed_recipe)  # the same training (deterministic), then mixed
+    mixed = weights(mixed_recipe)
+    start = load_file(tiny_whisper_dir / "model.safetensors")
+    assert mixed.keys() == trained.keys()
+    moved = 0
+    for key, value in mixed.items():
+        torch.testing.assert_close(value, 0.25 * trained[key] + 0.75 * start[key])
+        moved += not torch.equal(trained[key], start[key])
+    assert moved > 10  # training changed the weights, so the mix is not trivially equal
+    card = (mixed_recipe.root / "finetune" / "rsft" / "model_card.md").read_text()
+    assert "0.25 x trained + 0.75 x pretrained" in card
+
+
 POOL_TEXTS = (
     "please call my sister when you get home tonight",
     "set an alarm for half past six tomorrow morning",

@@ -85,6 +85,20 @@ def test_losses_are_left_out_unless_an_estimator_reads_them(scored_recipe):
         select.run(needs)
 
 
+def test_decoding_settings_rescore_only_the_sets_with_hypotheses(scored_recipe):
+    _, recipe = scored_recipe
+    done = recipe.root / "score" / "pool" / "done.json"
+    plain = replace(recipe, score=replace(recipe.score, hypotheses=False))
+    score.run(plain)
+    stamp = done.stat().st_mtime_ns
+    score.run(replace(plain, model=replace(plain.model, loop_repeats=3, tokens_per_s=4.0)))
+    assert done.stat().st_mtime_ns == stamp  # embeddings and losses do not decode: up to date
+    score.run(recipe)
+    stamp = done.stat().st_mtime_ns
+    score.run(replace(recipe, model=replace(recipe.model, loop_repeats=3)))
+    assert done.stat().st_mtime_ns != stamp  # the pool's hypotheses are decoded again
+
+
 def test_killed_score_redoes_only_missing_shards(scored_recipe):
     _, recipe = scored_recipe
     score.run(recipe)
