@@ -199,9 +199,10 @@ class ModelConfig:
     context_s: float = 8.0
     pack_gap_s: float = 1.0  # silence between packed utterances
     tokens_per_s: float = 6.0  # generation cap per second of audio (stops repetition loops)
-    # Whisper: stop a transcript as soon as its last tokens repeat one block of up to 8 tokens
-    # this many times, and keep one copy (0: loops run to the tokens_per_s cap, which in a
-    # packed window is the whole window's); 4 chosen on the dev sets (recipes/RESULTS.md)
+    # Whisper: a block of up to 8 tokens repeated this many times in a row is a loop, cut to
+    # one copy; a window of one utterance stops generating there, a packed window decodes on
+    # (its later utterances follow). 0: loops run to the tokens_per_s cap, in a packed window
+    # the whole window's. 4 chosen on the dev sets (recipes/RESULTS.md)
     loop_repeats: int = 4
     # bf16 autocast outside training (decoding; the score's encoder and loss passes): 'auto'
     # where the machine computes bf16 natively (a GPU with bf16, a CPU with AVX512-BF16 or AMX)

@@ -8,7 +8,7 @@ from pipeline.config import ModelConfig
 from pipeline.errors import UserError
 from pipeline.models import loader
 from pipeline.models.base import length_batches
-from pipeline.models.whisper import LoopStop, assign_segments, trim_loop
+from pipeline.models.whisper import LoopStop, assign_segments, collapse_loops
 
 
 def waves(speech, n=3):
@@ -152,10 +152,14 @@ def test_length_batches_group_similar_lengths():
 def test_repetition_loops_are_found_stopped_and_cut_to_one_copy():
     eot = 50256
     looped = [1, 2, 7, 8, 9, 7, 8, 9, 7, 8, 9, 7, 8, 9, eot, eot]
-    assert trim_loop(looped, 3, skip={eot}) == [1, 2, 7, 8, 9, eot, eot]
-    assert trim_loop([1, 5, 5, 5, 5], 4) == [1, 5]  # a one-token loop
-    assert trim_loop([1, 5, 5, 5], 4) == [1, 5, 5, 5]  # three copies are not four
-    assert trim_loop([3, 1, 2, 1, 2], 3) == [3, 1, 2, 1, 2]  # two copies: speech can repeat
+    assert collapse_loops(looped, 3) == [1, 2, 7, 8, 9, eot, eot]
+    assert collapse_loops([1, 5, 5, 5, 5], 4) == [1, 5]  # a one-token loop
+    assert collapse_loops([1, 5, 5, 5], 4) == [1, 5, 5, 5]  # three copies are not four
+    assert collapse_loops([3, 1, 2, 1, 2], 3) == [3, 1, 2, 1, 2]  # two copies: speech can repeat
+    # inside a packed window: the loop is cut and the words after it are kept
+    window = [4, 6, 6, 6, 6, 6, 3, 1, 2, 1, 2, 1, 2, 1, 2, 9, eot]
+    assert collapse_loops(window, 4) == [4, 6, 3, 1, 2, 9, eot]
+    assert collapse_loops([], 4) == []
     # generation: rows stop one by one, once the loop is complete (the prompt is not looked at)
     stop = LoopStop(3, prompt_len=2)
     rows = torch.tensor(
@@ -165,8 +169,10 @@ def test_repetition_loops_are_found_stopped_and_cut_to_one_copy():
     assert stop(torch.tensor([[9, 9, 3, 3, 3]]), None).tolist() == [True]
 
 
-def test_loop_stopping_decodes_with_the_tiny_model(tiny_whisper_dir, speech):
-    plain = loader.load(ModelConfig(name=str(tiny_whisper_dir), bf16=False), tiny_whisper_dir)
+def test_loop_stopping_decodes_with_the_tiny_model(tiny_whisper_dir, speech, monkeypatch):
+    plain = loader.load(
+        ModelConfig(name=str(tiny_whisper_dir), bf16=False, loop_repeats=0), tiny_whisper_dir
+    )
     cut = loader.load(
         ModelConfig(name=str(tiny_whisper_dir), bf16=False, loop_repeats=2), tiny_whisper_dir
     )
@@ -175,3 +181,15 @@ def test_loop_stopping_decodes_with_the_tiny_model(tiny_whisper_dir, speech):
     # a random tiny model loops at once: with loops cut, no transcript is longer
     for a, b in zip(plain.transcribe(batch), cut.transcribe(batch), strict=True):
         assert len(b) <= len(a)
+    # one utterance per window: generation stops at a loop; a packed window decodes on (the
+    # utterances after a loop still follow) and its loops are cut afterwards
+    stopped, generate = [], cut.model.generate
+    monkeypatch.setattr(
+        cut.model,
+        "generate",
+        lambda **kw: stopped.append("stopping_criteria" in kw) or generate(**kw),
+    )
+    cut.transcribe(batch)
+    packed = loader.with_layout(cut, "packed")
+    packed.transcribe_joined(packed.pack(batch))
+    assert stopped[0] and stopped[-1] is False

@@ -30,32 +30,34 @@ LAYOUTS = ("standard", "short", "packed")
 MAX_LOOP_PERIOD = 8  # tokens in the longest block that a loop is checked for
 
 
-def loop_copies(tokens: Sequence[int], repeats: int) -> tuple[int, int]:
-    """(period, copies) of the shortest block of at most MAX_LOOP_PERIOD tokens that ends
-    ``tokens`` at least ``repeats`` times in a row; (0, 0) if none does."""
+def loop_at(tokens: Sequence[int], start: int, repeats: int) -> tuple[int, int]:
+    """(period, copies) of the shortest block of at most MAX_LOOP_PERIOD tokens that repeats
+    at least ``repeats`` times in a row from ``tokens[start]``; (0, 0) if none does."""
     for period in range(1, MAX_LOOP_PERIOD + 1):
-        block, copies = list(tokens[-period:]), 1
-        if len(tokens) < period * repeats:
+        if start + period * repeats > len(tokens):
             break
-        while (copies + 1) * period <= len(tokens) and list(
-            tokens[-(copies + 1) * period : -copies * period]
-        ) == block:
+        block, copies = list(tokens[start : start + period]), 1
+        while list(tokens[start + copies * period : start + (copies + 1) * period]) == block:
             copies += 1
         if copies >= repeats:
             return period, copies
     return 0, 0
 
 
-def trim_loop(tokens: list[int], repeats: int, skip: set[int] = frozenset()) -> list[int]:
-    """``tokens`` with a trailing loop (a block repeated ``repeats`` times or more) cut to one
-    copy; trailing ``skip`` tokens (end of text, padding) are set aside while looking."""
-    end = len(tokens)
-    while end and tokens[end - 1] in skip:
-        end -= 1
-    period, copies = loop_copies(tokens[:end], repeats)
-    if not copies:
-        return tokens
-    return tokens[: end - (copies - 1) * period] + tokens[end:]
+def collapse_loops(tokens: Sequence[int], repeats: int) -> list[int]:
+    """``tokens`` with every loop (one block of up to MAX_LOOP_PERIOD tokens repeated
+    ``repeats`` times or more in a row) cut to one copy, wherever it stands: in a packed
+    window the transcript may go on after a loop, with the utterances that follow it."""
+    out, at = [], 0
+    while at < len(tokens):
+        period, copies = loop_at(tokens, at, repeats)
+        if copies:
+            out.extend(tokens[at : at + period])
+            at += period * copies
+        else:
+            out.append(tokens[at])
+            at += 1
+    return out
 
 
 class LoopStop(transformers.StoppingCriteria):
@@ -179,7 +181,7 @@ class Whisper(SpeechModel):
         order, for a caller that splits them with the references (long-form evaluation)."""
         feats = self.features([w.wave for w in windows], CHUNK_S)
         speech_s = max(sum(e - s for s, e in w.spans) for w in windows)
-        return self._decode(self._generate(feats, self._budget(speech_s)))
+        return self._decode(self._generate(feats, self._budget(speech_s), stop_loops=False))
 
     @torch.inference_mode()
     def transcribe_scored(self, waves: Sequence[np.ndarray]) -> tuple[list[str], np.ndarray]:
@@ -197,8 +199,12 @@ class Whisper(SpeechModel):
         """New tokens allowed for ``speech_s`` of speech: caps repetition loops."""
         return min(440, math.ceil(speech_s * self.tokens_per_s) + 8 + extra)
 
-    def _generate(self, feats: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:
-        if self.loop_repeats:
+    def _generate(
+        self, feats: torch.Tensor, max_new_tokens: int, stop_loops: bool = True, **kwargs
+    ) -> torch.Tensor:
+        """Greedy decoding; with ``stop_loops`` (windows of one utterance), a row stops at
+        its first loop. Windows of several utterances decode on (the loop is cut after)."""
+        if self.loop_repeats and stop_loops:
             stop = LoopStop(self.loop_repeats, len(self.prefix))
             kwargs["stopping_criteria"] = transformers.StoppingCriteriaList([stop])
         with _quiet_transformers(), self.autocast():
@@ -213,7 +219,7 @@ class Whisper(SpeechModel):
     def _decode(self, ids: torch.Tensor) -> list[str]:
         rows = ids.tolist()
         if self.loop_repeats:
-            rows = [trim_loop(row, self.loop_repeats, skip={self.eot}) for row in rows]
+            rows = [collapse_loops(row, self.loop_repeats) for row in rows]
         return [t.strip() for t in self.processor.batch_decode(rows, skip_special_tokens=True)]
 
     def pack(
@@ -267,7 +273,9 @@ class Whisper(SpeechModel):
         feats = self.features([w.wave for w in windows], CHUNK_S)
         speech_s = max(sum(e - s for s, e in w.spans) for w in windows)
         most = max(len(w.members) for w in windows)  # two timestamp tokens per utterance
-        ids = self._generate(feats, self._budget(speech_s, 2 * most), return_timestamps=True)
+        ids = self._generate(
+            feats, self._budget(speech_s, 2 * most), stop_loops=False, return_timestamps=True
+        )
         for window, seq in zip(windows, ids, strict=True):
             offsets = self.processor.tokenizer.decode(seq.tolist(), output_offsets=True)["offsets"]
             mids = [
