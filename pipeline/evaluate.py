@@ -56,7 +56,14 @@ def run(recipe: Recipe, model_name: str | None = None, run_name: str | None = No
         settings = {k: v for k, v in to_dict(cfg).items() if k not in ("batch_size", "threads")}
         settings["layout"] = layout
         settings["bf16"] = getattr(model, "bf16", False)  # model.bf16 resolved here
-        key = fingerprint(model_print, settings, file_sha256(path), scoring, __version__)
+        key = fingerprint(
+            model_print,
+            settings,
+            file_sha256(path),
+            scoring,
+            __version__,
+            reader.decoding_revision,
+        )
         result_path = out / name / "wer.json"
         if result_path.exists() and read_json(result_path).get("key") == key:
             log.info("set %s: up to date", name)

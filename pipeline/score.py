@@ -68,6 +68,7 @@ def run(recipe: Recipe) -> None:
             settings,
             file_sha256(path),
             __version__,
+            *([decoder.decoding_revision] if decoder is not None else []),
         )
         out = recipe.root / "score" / name
         done = out / "done.json"

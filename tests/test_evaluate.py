@@ -9,6 +9,7 @@ import pytest
 from pipeline import cli, evaluate, prepare
 from pipeline.config import load_recipe
 from pipeline.errors import UserError
+from pipeline.models.whisper import Whisper
 
 RECIPE = {
     "prepare": {
@@ -45,7 +46,9 @@ def prepared(write_recipe, tmp_path, monkeypatch):
     return recipe
 
 
-def test_evaluate_writes_tables_skips_bad_audio_and_reuses_results(prepared, tiny_whisper_dir):
+def test_evaluate_writes_tables_skips_bad_audio_and_reuses_results(
+    prepared, tiny_whisper_dir, monkeypatch
+):
     cmd = pd.read_parquet(prepared.root / "prepare" / "manifests" / "cmd.parquet")
     victim = prepared.root / "prepare" / "manifests" / cmd["audio_path"].iloc[0]
     victim.write_bytes(b"not audio any more")
@@ -65,6 +68,9 @@ def test_evaluate_writes_tables_skips_bad_audio_and_reuses_results(prepared, tin
     stamp = (out / "ast" / "wer.json").stat().st_mtime_ns
     evaluate.run(prepared, str(tiny_whisper_dir), "tiny")
     assert (out / "ast" / "wer.json").stat().st_mtime_ns == stamp  # unchanged: not decoded again
+    monkeypatch.setattr(Whisper, "decoding_revision", Whisper.decoding_revision + 1)
+    evaluate.run(prepared, str(tiny_whisper_dir), "tiny")  # decoding changed: decoded again
+    assert (out / "ast" / "wer.json").stat().st_mtime_ns != stamp
 
 
 def test_real_model_baseline_on_real_prompts(prepared):

@@ -21,6 +21,9 @@ class SpeechModel(ABC):
 
     name: str  # what the user asked for: a hub id, a folder, or bundled:...
     model: torch.nn.Module
+    # raised when a change to the decoding code changes transcripts: evaluate runs keyed with
+    # an older revision are decoded again
+    decoding_revision: int = 1
 
     @abstractmethod
     def transcribe(self, waves: Sequence[np.ndarray]) -> list[str]:

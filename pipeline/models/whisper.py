@@ -90,6 +90,8 @@ class Window:
 
 
 class Whisper(SpeechModel):
+    decoding_revision = 2  # 2: packed windows decode on past a loop, every loop cut to one copy
+
     def __init__(
         self,
         model,
