@@ -21,7 +21,7 @@ import soundfile as sf
 import soxr
 
 from pipeline.config import Keep, OpenSLRSource
-from pipeline.corpora import openslr
+from pipeline.corpora import archives, openslr
 from pipeline.corpora.base import Candidate, Limits, Reject, SourceContext, ingest
 from pipeline.errors import UserError
 from pipeline.fsio import file_sha256
@@ -407,6 +407,9 @@ UNSAFE = {
     ),
     "hardlink absolute": ("hl", [("hl", tarfile.LNKTYPE, "{out}/victim.txt"), ("hl",)]),
     "hardlink relative": ("hl", [("hl", tarfile.LNKTYPE, "../../out/victim.txt"), ("hl",)]),
+    # a backslash in a link's name must not hide the link from the checks
+    "symlink named with a backslash": ("x\\up", [("x\\up", tarfile.SYMTYPE, "../../out")]),
+    "symlink to a backslash path": ("bs", [("bs", tarfile.SYMTYPE, "..\\..\\out")]),
     "fifo": ("pipe", [("pipe", tarfile.FIFOTYPE)]),
     "device": ("null", [("null", tarfile.CHRTYPE)]),
 }
@@ -433,6 +436,19 @@ def test_unsafe_tar_refused(case, tmp_path):
     assert not (tmp_path / "work").exists()  # nothing written at all
 
 
+@pytest.mark.parametrize("case", list(UNSAFE))
+def test_every_unsafe_member_is_caught_by_our_checks_alone(case, tmp_path):
+    # without tarfile's data filter (older Pythons), these checks are the only guard
+    offender, specs = UNSAFE[case]
+    members = [
+        _member(*(s.format(out=tmp_path) if isinstance(s, str) else s for s in spec))
+        for spec in specs
+    ]
+    archive = _evil_tar(tmp_path / "evil.tar.gz", members)
+    with tarfile.open(archive) as tar, pytest.raises(UserError, match="unsafe archive"):
+        archives._check_tar(tar, "evil.tar.gz")
+
+
 def test_unsafe_zip_refused(tmp_path):
     archive = tmp_path / "evil.zip"
     with zipfile.ZipFile(archive, "w") as zf:
@@ -450,9 +466,11 @@ def test_safe_zip_and_inside_links_extracted(tmp_path):
     dest = openslr.extract(archive, tmp_path / "zip", "sha")
     assert (dest / "musan" / "noise" / "x" / "a.txt").read_text() == "fine"
     alias = _member("good/alias", tarfile.SYMTYPE, "harmless.txt")
-    tar = _evil_tar(tmp_path / "ok.tar.gz", [alias])
+    top = _member("top", tarfile.SYMTYPE, "good/harmless.txt")  # a link at the archive's root
+    tar = _evil_tar(tmp_path / "ok.tar.gz", [alias, top])
     dest = openslr.extract(tar, tmp_path / "tar", "sha")
     assert (dest / "good" / "alias").read_text() == "fine"  # a link that stays inside is kept
+    assert (dest / "top").read_text() == "fine"
 
 
 def test_unsafe_archive_through_candidates(tmp_path):

@@ -195,6 +195,14 @@ def _check_tar(tar: tarfile.TarFile, archive_name: str) -> list[tarfile.TarInfo]
     members = tar.getmembers()
     links = {_key(m.name): m.linkname for m in members if m.issym()}
     for member in members:
+        if member.issym():  # where the link points, checked on its own as well
+            if _is_absolute(member.linkname):
+                _refuse(
+                    archive_name, member.name, f"links to {member.linkname!r}, an absolute path"
+                )
+            parent = _key(member.name).rpartition("/")[0]
+            target = f"{parent}/{member.linkname}" if parent else member.linkname
+            _check_member(target, links, archive_name, member.name)
         if member.ischr() or member.isblk() or member.isfifo():
             _refuse(archive_name, member.name, "is a device or fifo")
         if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
@@ -209,10 +217,14 @@ def _check_tar(tar: tarfile.TarFile, archive_name: str) -> list[tarfile.TarInfo]
 def _check_member(path: str, links: dict[str, str], archive_name: str, member: str = "") -> None:
     """Refuse ``path`` unless it stays inside the destination; ``member`` names its owner."""
     prefix = f"links to {path!r}, which " if member else ""
-    if path.startswith(("/", "\\")) or (path[1:2] == ":" and path[:1].isalpha()):
+    if _is_absolute(path):
         _refuse(archive_name, member or path, prefix + "is an absolute path")
     if _resolve(path, links) is None:
         _refuse(archive_name, member or path, prefix + "leads outside the destination")
+
+
+def _is_absolute(path: str) -> bool:
+    return path.startswith(("/", "\\")) or (path[1:2] == ":" and path[:1].isalpha())
 
 
 def _resolve(name: str, links: dict[str, str]) -> list[str] | None:
@@ -237,15 +249,17 @@ def _resolve(name: str, links: dict[str, str]) -> list[str] | None:
         target = links.get("/".join(out))
         if target is not None:
             hops += 1
-            if hops > MAX_LINK_HOPS or target.startswith("/"):
+            if hops > MAX_LINK_HOPS or _is_absolute(target):
                 return None
             out.pop()  # the link's target is relative to the folder holding the link
-            pending = target.split("/") + pending
+            pending = target.replace("\\", "/").split("/") + pending
     return out
 
 
 def _key(name: str) -> str:
-    return "/".join(part for part in name.split("/") if part not in ("", "."))
+    """A member's path as ``_resolve`` walks it: backslashes as separators (as a Windows
+    extraction would read them), no empty or '.' parts."""
+    return "/".join(part for part in name.replace("\\", "/").split("/") if part not in ("", "."))
 
 
 def _refuse(archive_name: str, member: str, why: str) -> None:
