@@ -111,6 +111,7 @@ def training_function(
     key = fingerprint(
         to_dict(cfg),
         model_cfg.key(decodes=bool(cfg.eval_every)),  # validation decodes the dev sets
+        *([loader.decoding_revisions()] if cfg.eval_every else []),
         file_sha256(subset_path),
         __version__,
         accelerator.mixed_precision,  # 'auto' resolves by machine

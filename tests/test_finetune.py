@@ -16,6 +16,7 @@ from pipeline import audio, cli, finetune, finetune_io, forgetting, manifest, va
 from pipeline.config import ModelConfig
 from pipeline.errors import UserError
 from pipeline.models import loader
+from pipeline.models.whisper import Whisper
 from tests.factories import TEXTS, dummy_row, weights, write_subset
 
 
@@ -200,6 +201,18 @@ def test_dev_curve_is_logged_on_the_real_dev_set(ft_recipe, caplog):
     card = (recipe.root / "finetune" / "rsft" / "model_card.md").read_text()
     assert f"The saved model is step {record['best']['step']} of 5" in card
     assert not (recipe.root / "finetune" / "rsft" / "best").exists()  # renamed to model/
+
+
+def test_a_change_in_decoding_code_trains_a_validated_run_again(ft_recipe, monkeypatch):
+    _, recipe = ft_recipe(steps=2, eval_every=2, eval_limit=2)
+    write_dev(recipe.root)
+    finetune.run(recipe)
+    stamp = (recipe.root / "finetune/rsft/model/model.safetensors").stat().st_mtime_ns
+    finetune.run(recipe)  # up to date
+    assert (recipe.root / "finetune/rsft/model/model.safetensors").stat().st_mtime_ns == stamp
+    monkeypatch.setattr(Whisper, "decoding_revision", Whisper.decoding_revision + 1)
+    finetune.run(recipe)  # its dev WERs, and so its saved step, may differ now
+    assert (recipe.root / "finetune/rsft/model/model.safetensors").stat().st_mtime_ns != stamp
 
 
 def test_the_saved_model_is_the_best_dev_step(ft_recipe, monkeypatch):

@@ -50,6 +50,11 @@ def load(cfg: ModelConfig, cache_dir: Path) -> SpeechModel:
     raise UserError(f"model {cfg.name!r}: model type {kind!r} is neither Whisper nor CTC")
 
 
+def decoding_revisions() -> tuple[int, ...]:
+    """Every model kind's decoding revision: for a key taken before the model is loaded."""
+    return (Whisper.decoding_revision, CTC.decoding_revision)
+
+
 def with_layout(model: SpeechModel, layout: str) -> SpeechModel:
     """The same weights read in another Whisper input layout (CTC models have one layout)."""
     if not isinstance(model, Whisper) or model.layout == layout:
