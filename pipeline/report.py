@@ -3,8 +3,8 @@
 Reads only files earlier stages wrote under ``<data_dir>/`` and writes ``<data_dir>/report/``:
   report.md          tables and figures (``figures/*.png`` beside it)
   report.html        the same, self-contained: figures inlined as base64 PNG, no external links
-  results.json       the comparison table, paired tests, budget sweep, selection summary and
-                     every skipped input with its reason
+  results.json       the comparison table, paired tests, budget sweep with its paired tests
+                     per budget, selection summary and every skipped input with its reason
   figures/*.png
 
 Evaluate runs (``evaluate/<run>/``) are named by one convention (``report_stats.parse_run_name``):
@@ -227,6 +227,9 @@ def build(recipe: Recipe, results: dict, runs: list, found: dict | None, logs: d
             table,
             doc.Figure("sweep", png, "Target WER by budget"),
         ]
+        if tests := doc.paired(results, "sweep_tests"):
+            note = f"{ref} against each system of the same budget and seed, paired as above."
+            blocks += [tests, doc.Para(note)]
     if found is not None:
         blocks += selection_blocks(found)
     if logs:
@@ -270,6 +273,7 @@ def run(recipe: Recipe) -> dict:
         "systems": stats.systems_table(runs, rng, cfg.bootstrap),
         "paired": stats.paired_tests(runs, cfg.reference, rng, cfg.bootstrap, skips.add),
         "sweep": stats.sweep_table(runs),
+        "sweep_tests": stats.sweep_tests(runs, cfg.reference, rng, cfg.bootstrap),
     }
     found = load_selection(recipe.root / "select", skips)
     results["selection"] = found["summary"] if found else None

@@ -102,13 +102,16 @@ def by_group(results: dict, key: str, label: str, order=None) -> Table | None:
     return Table(["system"] + [f"{g} {label}".strip() for g in groups], rows)
 
 
-def paired(results: dict) -> Table | None:
-    if not results["paired"]:
+def paired(results: dict, key: str = "paired") -> Table | None:
+    """The paired tests (``key``: 'paired', or 'sweep_tests' with a budget column)."""
+    if not results.get(key):
         return None
     ref = results["reference"]
+    budget = key == "sweep_tests"
     rows = [
         [
             p["system"],
+            *([str(p["budget"])] if budget else []),
             str(p["seed"]),
             pct(p["wer"]),
             pct(p["other_wer"]),
@@ -116,9 +119,10 @@ def paired(results: dict) -> Table | None:
             f"{p['p_value']:.3f}",
             str(p["utterances"]),
         ]
-        for p in results["paired"]
+        for p in results[key]
     ]
-    header = ["against", "seed", f"{ref} WER %", "other WER %", f"{ref} - other [95% CI]"]
+    header = ["against", *(["budget"] if budget else []), "seed", f"{ref} WER %", "other WER %"]
+    header += [f"{ref} - other [95% CI]"]
     return Table(header + ["p", "utterances"], rows)
 
 

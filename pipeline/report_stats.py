@@ -178,28 +178,47 @@ def paired_tests(
         mates = [r for r in ours if other.key.seed is None or r.key.seed == other.key.seed]
         if not mates:
             skip(f"paired test against {other.name}", f"no {reference} run with its seed")
-        for mine in mates:
-            both = mine.sets["target"].merge(other.sets["target"], on="id", suffixes=("", "_o"))
-            test = metrics.paired_bootstrap(
-                both["errors_o"].to_numpy(),
-                both["errors"].to_numpy(),
-                both["ref_words"].to_numpy(),
-                rng,
-                n_boot,
-            )
-            rows.append(
-                {
-                    "system": other.key.system,
-                    "seed": mine.key.seed,
-                    "run": mine.name,
-                    "other_run": other.name,
-                    "utterances": len(both),
-                    "wer": metrics.wer(both),
-                    "other_wer": metrics.wer(both.assign(errors=both["errors_o"])),
-                    **test,
-                }
-            )
+        rows += [_paired(mine, other, rng, n_boot) for mine in mates]
     return rows
+
+
+def sweep_tests(runs: list[Run], reference: str, rng, n_boot: int) -> list[dict]:
+    """When any run is a sweep point: the paired bootstrap on the target test set of
+    ``reference`` against each other system at each budget, per seed (runs of the same budget
+    and seed pair up; the recipe's budget included). Rows as ``paired_tests``' plus ``budget``."""
+    tuned = [r for r in runs if r.key.system != PRETRAINED and "target" in r.sets]
+    if not any(r.key.sweep for r in tuned):
+        return []
+    rows = []
+    for budget in sorted({r.key.budget for r in tuned}):
+        at = [r for r in tuned if r.key.budget == budget]
+        for mine in (r for r in at if r.key.system == reference):
+            for other in at:
+                if other.key.system != reference and other.key.seed == mine.key.seed:
+                    rows.append({"budget": budget, **_paired(mine, other, rng, n_boot)})
+    return sorted(rows, key=lambda r: (SYSTEMS.index(r["system"]), r["budget"], r["seed"]))
+
+
+def _paired(mine: Run, other: Run, rng, n_boot: int) -> dict:
+    """Paired bootstrap of ``mine`` against ``other`` on the target set, matched by id."""
+    both = mine.sets["target"].merge(other.sets["target"], on="id", suffixes=("", "_o"))
+    test = metrics.paired_bootstrap(
+        both["errors_o"].to_numpy(),
+        both["errors"].to_numpy(),
+        both["ref_words"].to_numpy(),
+        rng,
+        n_boot,
+    )
+    return {
+        "system": other.key.system,
+        "seed": mine.key.seed,
+        "run": mine.name,
+        "other_run": other.name,
+        "utterances": len(both),
+        "wer": metrics.wer(both),
+        "other_wer": metrics.wer(both.assign(errors=both["errors_o"])),
+        **test,
+    }
 
 
 def sweep_table(runs: list[Run]) -> list[dict]:

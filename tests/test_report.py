@@ -183,6 +183,12 @@ def test_table_aggregates_seeds_and_tests_rsft_against_each_system(report):
     assert sweep == pytest.approx(
         {("rsft", 20): 0.075, ("rsft", 50): 0.025, ("random", 20): 0.175, ("random", 50): 0.125}
     )
+    tests = {(p["system"], p["budget"], p["seed"]): p for p in results["sweep_tests"]}
+    assert set(tests) == {("random", 20, 0), ("random", 20, 1), ("random", 50, 0)}
+    assert tests[("random", 50, 0)]["other_run"] == "random-k50-s0"
+    assert tests[("random", 50, 0)]["delta"] == pytest.approx(0.025 - 0.125)
+    assert tests[("random", 20, 1)]["run"] == "rsft-s1"
+    assert tests[("random", 20, 0)]["delta"] == pytest.approx(0.05 - 0.15)
     methods = {m["method"]: m for m in results["selection"]["methods"]}
     assert methods["rsft"]["selected"] == 20 and methods["rsft"]["ess"] > 0
 
@@ -205,6 +211,8 @@ def test_report_files_and_printed_table(report):
     text = (out / "report.md").read_text()
     assert "| system | seeds | target WER % [95% CI] |" in text
     assert "| rsft | 2 (0, 1) | 7.5 [" in text
+    assert "| against | budget | seed | rsft WER % |" in text
+    assert "| random | 50 | 0 | 2.5 |" in text
     figures = sorted(p.name for p in (out / "figures").glob("*.png"))
     assert figures == sorted(
         f"{n}.png"
@@ -285,6 +293,7 @@ def test_baseline_alone_reports_and_drops_stale_figures(tree, report, tmp_path):
     results = json.loads((root / "report" / "results.json").read_text())
     assert [s["system"] for s in results["systems"]] == ["pretrained"]
     assert results["paired"] == [] and results["sweep"] == [] and results["selection"] is None
+    assert results["sweep_tests"] == []
     skipped = {s["what"] for s in results["skipped"]}
     assert {"paired tests", "selection"} <= skipped
     figures = {p.name for p in (root / "report" / "figures").glob("*.png")}
