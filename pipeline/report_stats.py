@@ -16,6 +16,7 @@ import pandas as pd
 from pipeline import metrics
 
 SYSTEMS = ("rsft", "random", "oracle", "full", "wer_filter", "importance")  # select methods
+BUDGETLESS = ("full",)  # trains on the whole pool: no point on the budget sweep
 PRETRAINED = "pretrained"
 ROLES = ("target", "clean", "noisy", "real")  # test set roles, named in ReportConfig
 _RUN_NAME = re.compile(r"^(?P<system>[a-z_]+)(?:-k(?P<budget>\d+))?(?:-s(?P<seed>\d+))?$")
@@ -186,7 +187,9 @@ def sweep_tests(runs: list[Run], reference: str, rng, n_boot: int) -> list[dict]
     """When any run is a sweep point: the paired bootstrap on the target test set of
     ``reference`` against each other system at each budget, per seed (runs of the same budget
     and seed pair up; the recipe's budget included). Rows as ``paired_tests``' plus ``budget``."""
-    tuned = [r for r in runs if r.key.system != PRETRAINED and "target" in r.sets]
+    tuned = [
+        r for r in runs if r.key.system not in (PRETRAINED, *BUDGETLESS) and "target" in r.sets
+    ]
     if not any(r.key.sweep for r in tuned):
         return []
     rows = []
@@ -225,7 +228,9 @@ def sweep_table(runs: list[Run]) -> list[dict]:
     """Target WER per system and budget over seeds, when any run is a sweep point (-k)."""
     if not any(r.key.sweep for r in runs):
         return []
-    tuned = [r for r in runs if r.key.system != PRETRAINED and "target" in r.sets]
+    tuned = [
+        r for r in runs if r.key.system not in (PRETRAINED, *BUDGETLESS) and "target" in r.sets
+    ]
     keys = sorted({(SYSTEMS.index(r.key.system), r.key.budget) for r in tuned})
     rows = []
     for index, budget in keys:

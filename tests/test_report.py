@@ -32,6 +32,7 @@ TARGET_WRONG = {  # run -> how many of the 10 target utterances it gets wrong (o
     "random-s1": 8,
     "rsft-k50-s0": 1,
     "random-k50-s0": 5,
+    "full": 3,  # the whole pool: in the comparison, not on the budget sweep
     "mine": 0,
     "dev-arm": 0,
 }
@@ -150,7 +151,7 @@ def test_run_names_follow_one_convention():
 def test_table_aggregates_seeds_and_tests_rsft_against_each_system(report):
     _, results, _ = report
     systems = {s["system"]: s for s in results["systems"]}
-    assert list(systems) == ["pretrained", "rsft", "random"]
+    assert list(systems) == ["pretrained", "rsft", "random", "full"]
     rsft, random = systems["rsft"], systems["random"]
     assert rsft["runs"] == ["rsft", "rsft-s1"] and rsft["seeds"] == [0, 1]
     target = rsft["wer"]["target"]
@@ -169,7 +170,13 @@ def test_table_aggregates_seeds_and_tests_rsft_against_each_system(report):
         rsft["wer"]["real"]["mean"] == 0.0625 and systems["pretrained"]["wer"]["real"]["mean"] == 0
     )
     pairs = {(p["system"], p["seed"]): p for p in results["paired"]}
-    assert set(pairs) == {("pretrained", 0), ("pretrained", 1), ("random", 0), ("random", 1)}
+    assert set(pairs) == {
+        ("pretrained", 0),
+        ("pretrained", 1),
+        ("random", 0),
+        ("random", 1),
+        ("full", 0),
+    }
     assert pairs[("random", 0)]["delta"] == pytest.approx(0.05 - 0.15)
     assert (
         pairs[("random", 1)]["other_run"] == "random-s1"
