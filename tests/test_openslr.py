@@ -449,12 +449,25 @@ def test_every_unsafe_member_is_caught_by_our_checks_alone(case, tmp_path):
         archives._check_tar(tar, "evil.tar.gz")
 
 
-def test_unsafe_zip_refused(tmp_path):
+@pytest.mark.parametrize(
+    "name, why",
+    [
+        ("../../evil.txt", "leads outside"),
+        ("/abs-evil.txt", "absolute path"),
+        ("..\\..\\evil.txt", "leads outside"),  # a backslash is a separator on Windows
+        ("C:/evil.txt", "absolute path"),
+        ("link", "symbolic link"),
+    ],
+)
+def test_unsafe_zip_refused(tmp_path, name, why):
     archive = tmp_path / "evil.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr("good/harmless.txt", "fine")
-        zf.writestr(zipfile.ZipInfo("../../evil.txt"), "evil")
-    with pytest.raises(UserError, match=re.escape("'../../evil.txt'")):
+        info = zipfile.ZipInfo(name)
+        if name == "link":  # a symlink entry (Unix mode in the external attributes)
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        zf.writestr(info, "../../out" if name == "link" else "evil")
+    with pytest.raises(UserError, match=re.escape(repr(name)) + ".*" + why):
         openslr.extract(archive, tmp_path / "work" / "extracted", "sha")
     assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "work").exists()
 
