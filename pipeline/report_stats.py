@@ -153,7 +153,8 @@ def systems_table(runs: list[Run], rng, n_boot: int) -> list[dict]:
                 "system": system,
                 "runs": [r.name for r in members],
                 "seeds": [r.key.seed for r in members if r.key.seed is not None],
-                "budget": members[0].key.budget,
+                # full trains on the whole pool, whatever select.budget says
+                "budget": None if system in BUDGETLESS else members[0].key.budget,
                 "wer": wers,
             }
         )

@@ -186,6 +186,8 @@ def test_table_aggregates_seeds_and_tests_rsft_against_each_system(report):
     assert all(
         p["low"] <= p["delta"] <= p["high"] and 0 < p["p_value"] <= 1 for p in pairs.values()
     )
+    budgets = {r["system"]: r["budget"] for r in results["systems"]}
+    assert budgets == {"pretrained": None, "rsft": 20, "random": 20, "full": None}
     sweep = {(r["system"], r["budget"]): r["target"]["mean"] for r in results["sweep"]}
     assert sweep == pytest.approx(
         {("rsft", 20): 0.075, ("rsft", 50): 0.025, ("random", 20): 0.175, ("random", 50): 0.125}
