@@ -15,7 +15,7 @@ help:
 	@echo "make finetune RECIPE=recipes/demo.yaml [ARGS='--subset random --resume']"
 	@echo "make evaluate RECIPE=recipes/demo.yaml [ARGS='--model PATH --name NAME']"
 	@echo "make report RECIPE=recipes/demo.yaml   (data/<recipe>/report/report.html)"
-	@echo "make compare RECIPE=recipes/demo.yaml   every selector x seeds + budget sweep, then report"
+	@echo "make compare RECIPE=recipes/demo.yaml   every stage, every selector x seeds + budget sweep, report"
 	@echo "make bench      benchmarks against the standard tools (after make demo; about 25 min)"
 	@echo "                -> benchmarks/RESULTS.md, benchmarks/results.json [ARGS='--only flops']"
 	@echo "make lint       ruff"
@@ -43,8 +43,10 @@ demo: setup
 	@echo "demo: a quick comparison (rsft and random, one seed; experiment.quick_* in the recipe)."
 	@echo "      make compare RECIPE=recipes/demo.yaml trains every selector over 3 seeds plus a budget sweep."
 
+# every stage (each skips what is done), then every selector: wer_filter needs the pool's
+# greedy hypotheses, which the demo recipe leaves out for make demo's time
 compare: setup
-	$(PY) -m pipeline experiment $(RECIPE) $(ARGS)
+	$(PY) -m pipeline run $(RECIPE) --set score.hypotheses=true $(ARGS)
 
 # the tests also render the report's HTML in headless chromium
 test: setup

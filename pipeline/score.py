@@ -56,23 +56,36 @@ def run(recipe: Recipe) -> None:
         )
     with state.main_process_first():  # the bundled model is converted once
         analyser = loader.load(replace(recipe.model, layout=cfg.layout), MODELS_DIR)
-    decoder = loader.with_layout(analyser, cfg.decode_layout) if cfg.hypotheses else None
+    reader = loader.with_layout(analyser, cfg.decode_layout)
+    decoder = reader if cfg.hypotheses else None
     losses = wants_losses(recipe)
     model_print = analyser.fingerprint()
-    for name, path in paths.items():
-        settings = {k: v for k, v in to_dict(cfg).items() if k != "sets"} | {"losses": losses}
+
+    def set_key(path: Path, hypotheses: bool, with_losses: bool) -> str:
+        settings = {k: v for k, v in to_dict(cfg).items() if k != "sets"}
+        settings |= {"hypotheses": hypotheses, "losses": with_losses}
         settings["bf16"] = getattr(analyser, "bf16", False)  # model.bf16 resolved here
-        key = fingerprint(
+        return fingerprint(
             model_print,
-            recipe.model.key(decodes=cfg.hypotheses),
+            recipe.model.key(decodes=hypotheses),
             settings,
             file_sha256(path),
             __version__,
-            *([decoder.decoding_revision] if decoder is not None else []),
+            *([reader.decoding_revision] if hypotheses else []),
         )
+
+    for name, path in paths.items():
+        key = set_key(path, cfg.hypotheses, losses)
+        # a set scored with hypotheses or losses this run does not ask for is up to date too
+        # (make compare decodes the pool's hypotheses; a later make demo does not need them)
+        richer = {
+            set_key(path, cfg.hypotheses or h, losses or w)
+            for h in (False, True)
+            for w in (False, True)
+        }
         out = recipe.root / "score" / name
         done = out / "done.json"
-        if done.exists() and read_json(done).get("key") == key:
+        if done.exists() and read_json(done).get("key") in richer:
             log.info("set %s: up to date", name)
             continue
         labelled = split_of.get(name) not in UNLABELLED_SPLITS

@@ -73,9 +73,10 @@ def test_losses_are_left_out_unless_an_estimator_reads_them(scored_recipe):
     _, recipe = scored_recipe
     score.run(recipe)
     with_losses, _ = read(recipe, "pool")
+    (recipe.root / "score").rename(recipe.root / "score-with-losses")
     plain = replace(recipe, score=replace(recipe.score, losses=None))
     assert plain.select.estimators == ("classifier",)
-    score.run(plain)  # another key: scored again, without the decoder pass
+    score.run(plain)  # without the decoder pass
     emb, table = read(plain, "pool")
     np.testing.assert_array_equal(emb, with_losses)
     assert table["loss"].isna().all() and table["wer"].notna().all()
@@ -97,6 +98,23 @@ def test_decoding_settings_rescore_only_the_sets_with_hypotheses(scored_recipe):
     stamp = done.stat().st_mtime_ns
     score.run(replace(recipe, model=replace(recipe.model, loop_repeats=3)))
     assert done.stat().st_mtime_ns != stamp  # the pool's hypotheses are decoded again
+
+
+def test_a_set_scored_with_more_is_up_to_date_for_a_run_that_asks_for_less(scored_recipe):
+    _, recipe = scored_recipe
+    done = recipe.root / "score" / "pool" / "done.json"
+    score.run(recipe)  # hypotheses and losses
+    stamp = done.stat().st_mtime_ns
+    less = replace(recipe, score=replace(recipe.score, hypotheses=False, losses=False))
+    score.run(less)
+    assert done.stat().st_mtime_ns == stamp
+    assert read(less, "pool")[1]["wer"].notna().all()  # what it holds stays
+    (recipe.root / "score").rename(recipe.root / "score-full")
+    score.run(less)
+    stamp = done.stat().st_mtime_ns
+    score.run(recipe)  # asks for more than the set holds: scored again
+    assert done.stat().st_mtime_ns != stamp
+    assert read(recipe, "pool")[1]["loss"].notna().all()
 
 
 def test_killed_score_redoes_only_missing_shards(scored_recipe):
