@@ -405,6 +405,16 @@ UNSAFE = {
         "late/evil.txt",
         [("late/evil.txt",), ("late", tarfile.SYMTYPE, "../../out")],
     ),
+    # 'b' is a real folder when the link 'b' comes: the link cannot replace it, so
+    # b/../../out would climb out of a real folder, not out of the link's target c/d
+    "symlink over a folder": (
+        "b",
+        [("b/y",), ("b", tarfile.SYMTYPE, "c/d"), ("b/../../out/evil.txt",)],
+    ),
+    "symlink declared twice": (
+        "twice",
+        [("twice", tarfile.SYMTYPE, "good"), ("twice", tarfile.SYMTYPE, "good/..")],
+    ),
     "hardlink absolute": ("hl", [("hl", tarfile.LNKTYPE, "{out}/victim.txt"), ("hl",)]),
     "hardlink relative": ("hl", [("hl", tarfile.LNKTYPE, "../../out/victim.txt"), ("hl",)]),
     # a backslash in a link's name must not hide the link from the checks

@@ -19,6 +19,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+from collections import Counter
 from pathlib import Path
 
 from tqdm import tqdm
@@ -131,9 +132,9 @@ def extract(archive: Path, dest: Path, checksum: str) -> Path:
     """Extract a tar (plain, gz, bz2, xz) or zip archive to ``dest`` after checking every member.
 
     Raises UserError, writing nothing, if any member is absolute, escapes ``dest`` (via ``..``
-    or through a link), is a link pointing outside, or is a device or fifo. The archive goes to
-    a temporary folder that is renamed to ``dest`` once complete, then ``dest.done`` records
-    ``checksum``; a later call with the same checksum does nothing.
+    or through a link), is a link pointing outside or replacing another member, or is a device
+    or fifo. The archive goes to a temporary folder that is renamed to ``dest`` once complete,
+    then ``dest.done`` records ``checksum``; a later call with the same checksum does nothing.
     """
     if is_extracted(dest, checksum):
         return dest
@@ -194,7 +195,18 @@ def _check_tar(tar: tarfile.TarFile, archive_name: str) -> list[tarfile.TarInfo]
     """Every member, checked (see ``extract``); the list to extract."""
     members = tar.getmembers()
     links = {_key(m.name): m.linkname for m in members if m.issym()}
+    names = Counter(_key(m.name) for m in members)
+    # every path extracted so far, with the folders above it. A symlink may not replace one
+    # of them, nor be replaced later: then the tree at each moment of the extraction holds
+    # each link exactly as ``links`` has it (else a path checked through a link's target
+    # could be extracted through a real folder of the same name, or the other way round)
+    seen: set[str] = set()
     for member in members:
+        key = _key(member.name)
+        if member.issym() and (key in seen or names[key] > 1):
+            _refuse(archive_name, member.name, "is a link that replaces another member")
+        parts = key.split("/")
+        seen.update("/".join(parts[: i + 1]) for i in range(len(parts)))
         if member.issym():  # where the link points, checked on its own as well
             if _is_absolute(member.linkname):
                 _refuse(
