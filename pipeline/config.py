@@ -375,6 +375,11 @@ class ExperimentConfig:
     quick_seeds: tuple[int, ...] = (0,)
     # fine-tuned models are evaluated in this layout (the pretrained one in model.layout)
     eval_layout: Literal["standard", "short", "packed"] = "packed"
+    # silence between commands in their packed windows; None: the gap they were trained with
+    # (finetune.pack_gap_s, else model.pack_gap_s). Read with wider gaps than in training, a
+    # fine-tuned model ends some windows early and their last commands come out empty
+    # (recipes/RESULTS.md)
+    eval_pack_gap_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -508,6 +513,7 @@ def _check(recipe: Recipe) -> None:
     for key, value in (
         ("model.pack_gap_s", recipe.model.pack_gap_s),
         ("finetune.pack_gap_s", ft.pack_gap_s),
+        ("experiment.eval_pack_gap_s", recipe.experiment.eval_pack_gap_s),
     ):
         if value is not None and not 0.0 <= value < 30.0:
             raise RecipeError(f"{key}: must be in [0, 30) seconds")

@@ -22,7 +22,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from pipeline import __version__, audio, manifest, metrics, resources, text
-from pipeline.config import Recipe
+from pipeline.config import ModelConfig, Recipe
 from pipeline.errors import UserError
 from pipeline.fsio import atomic_path, file_sha256, fingerprint, read_json, write_json, write_text
 from pipeline.models import loader
@@ -55,6 +55,8 @@ def run(recipe: Recipe, model_name: str | None = None, run_name: str | None = No
         reader = model if layout == cfg.layout else loader.with_layout(model, layout)
         settings = {k: v for k, v in to_dict(cfg).items() if k not in ("batch_size", "threads")}
         settings["layout"] = layout
+        if layout != "packed":  # the gap only shapes packed windows: it does not decode again
+            settings["pack_gap_s"] = ModelConfig.pack_gap_s
         settings["bf16"] = getattr(model, "bf16", False)  # model.bf16 resolved here
         key = fingerprint(
             model_print,

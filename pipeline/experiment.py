@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, replace
 
 from pipeline import evaluate, finetune, report, resources, select
-from pipeline.config import Recipe
+from pipeline.config import ModelConfig, Recipe
 from pipeline.fsio import write_json
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,17 @@ def record_timings(recipe: Recipe, quick: bool, timings: dict[str, float]) -> No
     )
 
 
+def eval_model(recipe: Recipe) -> ModelConfig:
+    """How the fine-tuned models are read: experiment.eval_layout, and in packed windows the
+    silence between commands that they were trained with (or experiment.eval_pack_gap_s)."""
+    gap = recipe.experiment.eval_pack_gap_s
+    if gap is None:
+        gap = recipe.finetune.pack_gap_s
+    if gap is None:
+        gap = recipe.model.pack_gap_s
+    return replace(recipe.model, layout=recipe.experiment.eval_layout, pack_gap_s=gap)
+
+
 def run(recipe: Recipe, quick: bool = False, timings: dict[str, float] | None = None) -> dict:
     """Train and evaluate every arm (skipping what is done), then write the report; print
     and write (``report/timings.json``) the time each step took.
@@ -115,7 +126,7 @@ def run(recipe: Recipe, quick: bool = False, timings: dict[str, float] | None = 
     selected: set[tuple[int, int]] = set()
     if (recipe.root / "select" / "summary.json").exists():  # make select ran already
         selected.add((recipe.seed, recipe.select.budget))
-    eval_recipe = replace(recipe, model=replace(recipe.model, layout=recipe.experiment.eval_layout))
+    eval_recipe = replace(recipe, model=eval_model(recipe))
     for arm in arms:
         variant = seeded(recipe, arm.seed, arm.budget)
         name, subset = arm.name(recipe), subset_name(recipe, arm)

@@ -68,6 +68,10 @@ def test_evaluate_writes_tables_skips_bad_audio_and_reuses_results(
     stamp = (out / "ast" / "wer.json").stat().st_mtime_ns
     evaluate.run(prepared, str(tiny_whisper_dir), "tiny")
     assert (out / "ast" / "wer.json").stat().st_mtime_ns == stamp  # unchanged: not decoded again
+    # the gap between packed commands does not shape a standard window: not decoded again
+    wider = replace(prepared, model=replace(prepared.model, pack_gap_s=0.4))
+    evaluate.run(wider, str(tiny_whisper_dir), "tiny")
+    assert (out / "ast" / "wer.json").stat().st_mtime_ns == stamp
     monkeypatch.setattr(Whisper, "decoding_revision", Whisper.decoding_revision + 1)
     evaluate.run(prepared, str(tiny_whisper_dir), "tiny")  # decoding changed: decoded again
     assert (out / "ast" / "wer.json").stat().st_mtime_ns != stamp

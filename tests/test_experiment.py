@@ -34,6 +34,18 @@ def test_plan_names_runs_as_the_report_reads_them(write_recipe):
     assert experiment.subset_name(recipe, arm) == "variants/k100-s1/rsft"
 
 
+def test_fine_tuned_models_are_read_with_the_gaps_they_were_trained_with(write_recipe):
+    def model(settings):
+        recipe = load_recipe(write_recipe({"model": {"pack_gap_s": 0.8}} | settings))
+        return experiment.eval_model(recipe)
+
+    assert model({}).layout == "packed" and model({}).pack_gap_s == 0.8  # the model's gap
+    assert model({"finetune": {"pack_gap_s": 0.3}}).pack_gap_s == 0.3  # the training gap
+    chosen = {"finetune": {"pack_gap_s": 0.3}, "experiment": {"eval_pack_gap_s": 0.5}}
+    assert model(chosen).pack_gap_s == 0.5
+    assert model({"experiment": {"eval_layout": "standard"}}).layout == "standard"
+
+
 def test_quick_experiment_trains_evaluates_and_reports(
     write_recipe, tmp_path, tiny_whisper_dir, monkeypatch
 ):
@@ -64,7 +76,13 @@ def test_quick_experiment_trains_evaluates_and_reports(
                     ],
                 },
                 "select": {"budget": 8, "folds": 2, "methods": ["rsft", "random"]},
-                "finetune": {"steps": 2, "batch_size": 4, "lr": 1e-3, "warmup_steps": 1},
+                "finetune": {
+                    "steps": 2,
+                    "batch_size": 4,
+                    "lr": 1e-3,
+                    "warmup_steps": 1,
+                    "pack_gap_s": 0.4,
+                },
                 "evaluate": {"bootstrap": 20},
                 "report": {"bootstrap": 20, "clean_set": None, "noisy_set": None, "real_set": None},
                 "experiment": {"quick_systems": ["rsft", "random"], "quick_seeds": [0, 1]},
@@ -81,6 +99,7 @@ def test_quick_experiment_trains_evaluates_and_reports(
     assert first["subset_sha256"] != other["subset_sha256"]  # another seed, another draw
     wer = json.loads((root / "evaluate" / "rsft" / "test_target" / "wer.json").read_text())
     assert wer["layout"] == "packed"  # experiment.eval_layout for fine-tuned models
+    assert wer["recipe"]["model"]["pack_gap_s"] == 0.4  # read with the gaps it was trained with
     systems = {row["system"]: row for row in results["systems"]}
     assert systems["rsft"]["seeds"] == [0, 1] and systems["random"]["seeds"] == [0, 1]
     assert (root / "report" / "results.json").exists()
