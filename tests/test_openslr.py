@@ -415,6 +415,17 @@ UNSAFE = {
         "twice",
         [("twice", tarfile.SYMTYPE, "good"), ("twice", tarfile.SYMTYPE, "good/..")],
     ),
+    # 'z/../b' is extracted as 'b', a link to the destination itself; checked under its
+    # written name, it hid that 'a' -> 'b/..' points above the destination
+    "symlink named through '..'": (
+        "z/../b",
+        [
+            ("z", tarfile.DIRTYPE),
+            ("z/../b", tarfile.SYMTYPE, "."),
+            ("a", tarfile.SYMTYPE, "b/.."),
+            ("a/evil.txt",),
+        ],
+    ),
     "hardlink absolute": ("hl", [("hl", tarfile.LNKTYPE, "{out}/victim.txt"), ("hl",)]),
     "hardlink relative": ("hl", [("hl", tarfile.LNKTYPE, "../../out/victim.txt"), ("hl",)]),
     # a backslash in a link's name must not hide the link from the checks
@@ -467,6 +478,7 @@ def test_every_unsafe_member_is_caught_by_our_checks_alone(case, tmp_path):
         ("..\\..\\evil.txt", "leads outside"),  # a backslash is a separator on Windows
         ("C:/evil.txt", "absolute path"),
         ("link", "symbolic link"),
+        ("a/../b.txt", "named through '..'"),
     ],
 )
 def test_unsafe_zip_refused(tmp_path, name, why):

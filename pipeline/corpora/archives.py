@@ -132,9 +132,10 @@ def extract(archive: Path, dest: Path, checksum: str) -> Path:
     """Extract a tar (plain, gz, bz2, xz) or zip archive to ``dest`` after checking every member.
 
     Raises UserError, writing nothing, if any member is absolute, escapes ``dest`` (via ``..``
-    or through a link), is a link pointing outside or replacing another member, or is a device
-    or fifo. The archive goes to a temporary folder that is renamed to ``dest`` once complete,
-    then ``dest.done`` records ``checksum``; a later call with the same checksum does nothing.
+    or through a link), is named through ``..`` at all, is a link pointing outside or
+    replacing another member, or is a device or fifo. The archive goes to a temporary folder
+    that is renamed to ``dest`` once complete, then ``dest.done`` records ``checksum``; a later
+    call with the same checksum does nothing.
     """
     if is_extracted(dest, checksum):
         return dest
@@ -186,6 +187,7 @@ def _check_zip(archive: zipfile.ZipFile, archive_name: str) -> list[zipfile.ZipI
     members = archive.infolist()
     for info in members:
         _check_member(info.filename, {}, archive_name)
+        _check_no_dotdot(info.filename, archive_name)
         if stat.S_ISLNK(info.external_attr >> 16):
             _refuse(archive_name, info.filename, "is a symbolic link")
     return members
@@ -221,6 +223,7 @@ def _check_tar(tar: tarfile.TarFile, archive_name: str) -> list[tarfile.TarInfo]
             _refuse(archive_name, member.name, "has an unsupported type")
         # resolving a symlink's own path follows it, so this also checks where it points
         _check_member(member.name, links, archive_name)
+        _check_no_dotdot(member.name, archive_name)
         if member.islnk():  # hard-link targets are named from the archive root
             _check_member(member.linkname, links, archive_name, member.name)
     return members
@@ -233,6 +236,15 @@ def _check_member(path: str, links: dict[str, str], archive_name: str, member: s
         _refuse(archive_name, member or path, prefix + "is an absolute path")
     if _resolve(path, links) is None:
         _refuse(archive_name, member or path, prefix + "leads outside the destination")
+
+
+def _check_no_dotdot(name: str, archive_name: str) -> None:
+    """Refuse a member named through '..', even one that stays inside: 'z/../b' is extracted
+    as 'b', but the checks key links and extracted paths by name, so such a link would be
+    invisible to them (a link 'a' to 'b/..' would then pass as the destination itself while
+    'b' points at the destination and 'a' above it). Corpus archives never name members so."""
+    if ".." in name.replace("\\", "/").split("/"):
+        _refuse(archive_name, name, "is named through '..'")
 
 
 def _is_absolute(path: str) -> bool:
