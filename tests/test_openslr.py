@@ -426,6 +426,12 @@ UNSAFE = {
             ("a/evil.txt",),
         ],
     ),
+    # a hard link to a symlink is written as a copy of the symlink at its own place, where
+    # the same relative target points elsewhere
+    "hardlink to a symlink": (
+        "h",
+        [("a/b/s", tarfile.SYMTYPE, "../../out"), ("h", tarfile.LNKTYPE, "a/b/s"), ("h/evil.txt",)],
+    ),
     "hardlink absolute": ("hl", [("hl", tarfile.LNKTYPE, "{out}/victim.txt"), ("hl",)]),
     "hardlink relative": ("hl", [("hl", tarfile.LNKTYPE, "../../out/victim.txt"), ("hl",)]),
     # a backslash in a link's name must not hide the link from the checks
@@ -506,6 +512,9 @@ def test_safe_zip_and_inside_links_extracted(tmp_path):
     dest = openslr.extract(tar, tmp_path / "tar", "sha")
     assert (dest / "good" / "alias").read_text() == "fine"  # a link that stays inside is kept
     assert (dest / "top").read_text() == "fine"
+    hard = _member("good/hard", tarfile.LNKTYPE, "good/harmless.txt")  # to an earlier file
+    dest = openslr.extract(_evil_tar(tmp_path / "hard.tar.gz", [hard]), tmp_path / "hard", "sha")
+    assert (dest / "good" / "hard").read_text() == "fine"
 
 
 def test_unsafe_archive_through_candidates(tmp_path):

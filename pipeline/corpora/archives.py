@@ -203,6 +203,7 @@ def _check_tar(tar: tarfile.TarFile, archive_name: str) -> list[tarfile.TarInfo]
     # each link exactly as ``links`` has it (else a path checked through a link's target
     # could be extracted through a real folder of the same name, or the other way round)
     seen: set[str] = set()
+    files: set[str] = set()  # regular files extracted so far: what a hard link may name
     for member in members:
         key = _key(member.name)
         if member.issym() and (key in seen or names[key] > 1):
@@ -226,6 +227,13 @@ def _check_tar(tar: tarfile.TarFile, archive_name: str) -> list[tarfile.TarInfo]
         _check_no_dotdot(member.name, archive_name)
         if member.islnk():  # hard-link targets are named from the archive root
             _check_member(member.linkname, links, archive_name, member.name)
+            # where the target is not an earlier regular file (a symlink, say), tarfile copies
+            # the target member to the hard link's place: a symlink would then point from there
+            if _key(member.linkname) not in files or ".." in member.linkname.split("/"):
+                why = f"is a hard link to {member.linkname!r}, not to an earlier regular file"
+                _refuse(archive_name, member.name, why)
+        if member.isfile():
+            files.add(key)
     return members
 
 
