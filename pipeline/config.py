@@ -273,6 +273,10 @@ class EvaluateConfig:
     packed_split: Literal["references", "timestamps"] = "references"
     # a layout per set, over model.layout (e.g. real speech always in the standard 30 s one)
     set_layouts: dict[str, Literal["standard", "short", "packed"]] = field(default_factory=dict)
+    # sets whose references are also scored by teacher forcing (Whisper): the mean NLL per
+    # token, in nats, in the set's layout. A finer measure of forgetting than WER on a small
+    # set of real speech: `rsft compare` gives the paired difference (recipes/RESULTS.md)
+    token_nll: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -339,6 +343,12 @@ class FinetuneConfig:
     # the saved model's weights: interpolate * trained + (1 - interpolate) * pretrained
     # (WiSE-FT weight-space ensembling); 1.0 saves the trained weights as they are
     interpolate: float = 1.0
+    # Whisper: the weight of the trained decoder in that mix (its blocks, token embeddings and
+    # the tied output projection); None: `interpolate`. The accent and noise are heard in the
+    # encoder, while the decoder drifts toward the training text, which is what real speech
+    # loses (recipes/RESULTS.md). The mix is applied after training: changing either weight
+    # mixes the kept trained weights again, without training again
+    interpolate_decoder: float | None = None
     # a dev set of real speech watched during training: the saved model is the best on the
     # first eval set among evaluations whose guard WER is within guard_tolerance (absolute)
     # of the pretrained model's (evaluated at step 0); the guard set joins eval_sets
@@ -508,6 +518,10 @@ def _check(recipe: Recipe) -> None:
             raise RecipeError(f"finetune.{key}: must be 0 or more")
     if not 0.0 < ft.interpolate <= 1.0:
         raise RecipeError("finetune.interpolate: must be in (0, 1] (1: the trained weights)")
+    if ft.interpolate_decoder is not None and not 0.0 <= ft.interpolate_decoder <= 1.0:
+        raise RecipeError(
+            "finetune.interpolate_decoder: must be in [0, 1] (0: the pretrained decoder), or null"
+        )
     if ft.batch_seconds is not None and ft.batch_seconds <= 0:
         raise RecipeError("finetune.batch_seconds: must be positive, or null to count utterances")
     for key, value in (

@@ -6,6 +6,8 @@ Output, under ``<data_dir>/evaluate/<run>/`` (run: 'pretrained' or the model fol
   <set>/utterances.parquet per-utterance errors with the manifest's metadata (for compare)
   <set>/wer.json          WER/CER with intervals, per group, speed, peak RSS, model, recipe
   <set>/summary.txt       the group table
+  <set>/token_nll.parquet with evaluate.token_nll: NLL (nats) and tokens of each reference
+  <set>/token_nll.json    its mean NLL per token and key
   wer.json, summary.txt   one row per set
 A set whose model, settings and manifest are unchanged is not decoded again.
 """
@@ -49,7 +51,8 @@ def run(recipe: Recipe, model_name: str | None = None, run_name: str | None = No
     model = loader.load(cfg, MODELS_DIR)
     model_print = model.fingerprint()
     rows = []
-    scoring = {k: v for k, v in to_dict(recipe.evaluate).items() if k != "set_layouts"}
+    skip = ("set_layouts", "token_nll")  # a set's own layout is in its key; NLL in its own
+    scoring = {k: v for k, v in to_dict(recipe.evaluate).items() if k not in skip}
     for name, path in paths.items():
         layout = recipe.evaluate.set_layouts.get(name, cfg.layout)
         reader = model if layout == cfg.layout else loader.with_layout(model, layout)
@@ -84,11 +87,13 @@ def run(recipe: Recipe, model_name: str | None = None, run_name: str | None = No
                 **resources.peak_rss(),  # of the run that decoded the set
             )
             write_json(result_path, result)
-        rows.append(
-            {k: result[k] for k in ("set", "utterances", "wer", "wer_low", "wer_high", "cer")}
-            | {"rejects": len(result["rejects"]), "utt_per_s": result["utt_per_s"]}
-            | {"layout": result["layout"]}
-        )
+        row = {k: result[k] for k in ("set", "utterances", "wer", "wer_low", "wer_high", "cer")}
+        row |= {"rejects": len(result["rejects"]), "utt_per_s": result["utt_per_s"]}
+        row |= {"layout": result["layout"]}
+        if name in recipe.evaluate.token_nll:
+            nll_key = fingerprint(model_print, settings, file_sha256(path), __version__, "nll")
+            row["nll_per_token"] = token_nll(reader, cfg.batch_size, path, out / name, nll_key)
+        rows.append(row)
     table = pd.DataFrame(rows)
     report = format_table(table, ["set"])
     write_text(out / "summary.txt", report + "\n")
@@ -151,6 +156,49 @@ def evaluate_set(
         "utt_per_s": len(per) / elapsed if elapsed else float("nan"),
         "real_time_factor": elapsed / audio_s if audio_s else float("nan"),
     }
+
+
+def token_nll(model: SpeechModel, batch_size: int, path: Path, out: Path, key: str) -> float:
+    """Mean NLL per token of a set's references (manifest text, teacher forcing); each
+    utterance's NLL and token count go to ``token_nll.parquet``. Kept while ``key`` holds."""
+    done = out / "token_nll.json"
+    if done.exists() and read_json(done).get("key") == key:
+        return read_json(done)["nll_per_token"]
+    if not hasattr(model, "text_tokens"):
+        raise UserError("evaluate.token_nll: needs a Whisper model (CTC losses are per frame)")
+    frame = manifest.read(path)
+    rows, rejects = [], {}
+    batches = list(length_batches(frame["duration_s"].tolist(), batch_size))
+    for batch in tqdm(batches, desc=f"{out.name} NLL", unit="batch", leave=False, disable=None):
+        ids, waves = _read(frame, batch, rejects)
+        if not waves:
+            continue
+        texts = frame.set_index("id").loc[ids, "text"].tolist()
+        tokens = [len(model.text_tokens(t)) for t in texts]
+        means = model.loss(waves, texts)
+        rows += [
+            {"id": i, "nll": float(m) * n, "tokens": n}
+            for i, m, n in zip(ids, means, tokens, strict=True)
+        ]
+    if not rows:
+        raise UserError(f"set {out.name}: no utterance could be read for evaluate.token_nll")
+    table = pd.DataFrame(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "token_nll.parquet") as tmp:
+        table.to_parquet(tmp, index=False)
+    mean = float(table["nll"].sum() / table["tokens"].sum())
+    write_json(
+        done,
+        {
+            "key": key,
+            "nll_per_token": mean,
+            "utterances": len(table),
+            "tokens": int(table["tokens"].sum()),
+            "rejects": rejects,
+        },
+    )
+    log.info("set %s: %.4f nats a reference token", out.name, mean)
+    return mean
 
 
 def _read(frame: pd.DataFrame, rows, rejects: dict[str, str]) -> tuple[list, list]:
@@ -228,6 +276,9 @@ def format_table(table: pd.DataFrame, keys: list[str]) -> str:
     ]
     shown["CER %"] = [f"{100 * c:5.1f}" for c in table["cer"]]
     extra = [c for c in ("utterances", "rejects", "utt_per_s") if c in shown.columns]
+    if "nll_per_token" in shown.columns:  # evaluate.token_nll
+        shown["NLL/token"] = shown["nll_per_token"].map(lambda v: "-" if pd.isna(v) else f"{v:.4f}")
+        extra.append("NLL/token")
     if "utt_per_s" in shown.columns:
         shown["utt_per_s"] = shown["utt_per_s"].map(lambda v: f"{v:.1f}")
     for key in keys:
@@ -263,8 +314,10 @@ def compare(run_a: Path, run_b: Path, seed: int = 0, n_boot: int = 1000) -> pd.D
         wer_b = both["errors_b"].sum() / both["ref_words"].sum()
         rows.append({"set": name, "utterances": len(both), "wer_a": wer_a, "wer_b": wer_b, **test})
     table = pd.DataFrame(rows)
+    nll = _compare_nll(run_a, run_b, rng, n_boot)
     write_json(
-        run_b / f"compare-{run_a.name}.json", {"a": str(run_a), "b": str(run_b), "sets": rows}
+        run_b / f"compare-{run_a.name}.json",
+        {"a": str(run_a), "b": str(run_b), "sets": rows, "token_nll": nll},
     )
     shown = table.copy()
     for col in ("wer_a", "wer_b"):
@@ -274,7 +327,46 @@ def compare(run_a: Path, run_b: Path, seed: int = 0, n_boot: int = 1000) -> pd.D
     shown["p_value"] = shown["p_value"].map(lambda v: f"{v:.3f}")
     print(f"WER (%): A = {run_a}, B = {run_b}; delta = B - A with 95% interval")
     print(shown.to_string(index=False))
+    if nll:
+        print("NLL per reference token (nats, evaluate.token_nll); delta = B - A, relative to A")
+        for r in nll:
+            print(
+                f"  {r['set']}: {r['nll_a']:.4f} -> {r['nll_b']:.4f}, {r['delta']:+.4f} "
+                f"[{r['low']:+.4f}, {r['high']:+.4f}] ({100 * r['relative']:+.1f}%), "
+                f"p {r['p_value']:.3f}, {r['utterances']} utterances"
+            )
     return table
+
+
+def _compare_nll(run_a: Path, run_b: Path, rng, n_boot: int) -> list[dict]:
+    """Paired bootstrap of the NLL per token on the sets both runs scored by teacher forcing."""
+    rows = []
+    for path in sorted(run_a.glob("*/token_nll.parquet")):
+        other = run_b / path.parent.name / "token_nll.parquet"
+        if not other.exists():
+            continue
+        a, b = pd.read_parquet(path), pd.read_parquet(other)[["id", "nll"]]
+        both = a.merge(b, on="id", suffixes=("_a", "_b"))
+        test = metrics.paired_bootstrap(
+            both["nll_a"].to_numpy(),
+            both["nll_b"].to_numpy(),
+            both["tokens"].to_numpy(),
+            rng,
+            n_boot,
+        )
+        nll_a = both["nll_a"].sum() / both["tokens"].sum()
+        nll_b = both["nll_b"].sum() / both["tokens"].sum()
+        rows.append(
+            {
+                "set": path.parent.name,
+                "utterances": len(both),
+                "nll_a": nll_a,
+                "nll_b": nll_b,
+                "relative": (nll_b - nll_a) / nll_a,
+                **test,
+            }
+        )
+    return rows
 
 
 def changes(run_a: Path, run_b: Path, name: str, top: int = 20) -> pd.DataFrame:

@@ -109,7 +109,7 @@ def training_function(
     dev_paths = validation.manifest_paths(recipe.root, eval_names(cfg)) if cfg.eval_every else {}
     prints = [file_sha256(p) for p in [*dev_paths.values(), pool_path] if p is not None]
     key = fingerprint(
-        to_dict(cfg),
+        training_settings(cfg),
         model_cfg.key(decodes=bool(cfg.eval_every)),  # validation decodes the dev sets
         *([loader.decoding_revisions()] if cfg.eval_every else []),
         file_sha256(subset_path),
@@ -121,10 +121,12 @@ def training_function(
     done = out / "train_log.json"
     if not resume and done.exists() and (out / "model").is_dir():
         record = read_json(done)
-        if record.get("key") == key:
+        if record.get("key") == key and record_mix(record) == mix(cfg):
             if main:
                 log.info("Stage 4: finetune %s: up to date (%s)", name, out / "model")
             return record
+        if record.get("key") == key and (remixed := _remix(recipe, out, record, accelerator)):
+            return remixed
     if main:
         log.info(
             "Stage 4: finetune %s on %s (%d utterances), %d steps on %d process(es) -> %s",
@@ -241,14 +243,22 @@ def training_function(
         "subset_sha256": file_sha256(subset_path),
         "subset_utterances": len(frame),
         "recipe": to_dict(recipe),
+        "mix": mix(cfg),
         "version": __version__,
         **resources.peak_rss(),  # of this process after training (model and imports included)
     }
     if main:
         best = best_dir if dev["best"] is not None else None
         module = accelerator.unwrap_model(model)
-        if cfg.interpolate < 1.0:
-            module, best = _interpolated(module, best, model_cfg, cfg.interpolate), None
+        trained_dir = out / "trained"
+        shutil.rmtree(trained_dir, ignore_errors=True)  # an earlier training's weights
+        if not is_identity(mix(cfg)):
+            # the trained weights are kept, so that another mix needs no training
+            if best is not None:
+                best.rename(trained_dir)
+            else:
+                finetune_io.save_model(trained_dir, module, wrapped.processor)
+            module, best = _mixed(trained_dir, model_cfg, cfg), None
         finetune_io.write_outputs(out, module, wrapped.processor, record, best)
         log.info(
             "trained on %.0f s of audio in %.0f s (%.1f audio s/s), padding %.1f%%",
@@ -262,18 +272,73 @@ def training_function(
     return record
 
 
-def _interpolated(module, best: Path | None, model_cfg, weight: float) -> torch.nn.Module:
-    """The model to save (the best dev model when there is one), its weights mixed with
-    the pretrained model's: ``weight`` * trained + (1 - ``weight``) * pretrained."""
-    trained = forgetting.plain(module)
-    if best is not None:
-        trained = type(trained).from_pretrained(best)
+def training_settings(cfg: FinetuneConfig) -> dict:
+    """The settings that shape training (the run's key): the weight mix is applied after
+    training, so it is left out. ``interpolate`` stays in at 1.0, so that runs saved before
+    the decoder's own weight existed keep their key."""
+    settings = to_dict(replace(cfg, interpolate=1.0))
+    settings.pop("interpolate_decoder")
+    return settings
+
+
+def mix(cfg: FinetuneConfig) -> dict:
+    """How the saved weights mix trained and pretrained ones (finetune.interpolate*)."""
+    return {"interpolate": cfg.interpolate, "interpolate_decoder": cfg.interpolate_decoder}
+
+
+def record_mix(record: dict) -> dict:
+    """The mix a training log was saved with (logs before the decoder weight: its recipe's)."""
+    if "mix" in record:
+        return record["mix"]
+    return {
+        "interpolate": record["recipe"]["finetune"].get("interpolate", 1.0),
+        "interpolate_decoder": None,
+    }
+
+
+def is_identity(m: dict) -> bool:
+    return m["interpolate"] == 1.0 and m["interpolate_decoder"] in (None, 1.0)
+
+
+def _mixed(trained_dir: Path, model_cfg, cfg: FinetuneConfig) -> torch.nn.Module:
+    """The trained weights in ``trained_dir`` mixed with the pretrained model's."""
+    trained = loader.load(replace(model_cfg, name=str(trained_dir)), MODELS_DIR).model
     pretrained = loader.load(model_cfg, MODELS_DIR).model
-    mixed = forgetting.interpolate(trained, pretrained, weight)
+    mixed = forgetting.interpolate(trained, pretrained, cfg.interpolate, cfg.interpolate_decoder)
+    decoder = "" if cfg.interpolate_decoder is None else f", decoder {cfg.interpolate_decoder:g}"
     log.info(
-        "saved weights: %.2f x trained + %.2f x pretrained (%d tensors)", weight, 1 - weight, mixed
+        "saved weights: %g x trained + %g x pretrained%s (%d tensors)",
+        cfg.interpolate,
+        1 - cfg.interpolate,
+        decoder,
+        mixed,
     )
     return trained
+
+
+def _remix(recipe: Recipe, out: Path, record: dict, accelerator: Accelerator) -> dict | None:
+    """Save the same training's weights with another mix, without training again; None
+    when the trained weights were not kept (an earlier mix saved only the mixed ones)."""
+    cfg = recipe.finetune
+    trained_dir, final = out / "trained", out / "model"
+    if not trained_dir.is_dir() and not is_identity(record_mix(record)):
+        if accelerator.is_main_process:
+            log.info("finetune: the trained weights of %s were not kept: training again", out)
+        return None
+    if accelerator.is_main_process:
+        log.info("Stage 4: finetune %s: trained weights found, mixed again", out.name)
+        if not trained_dir.is_dir():  # the saved model is the trained one: keep it as such
+            staging = out / ".trained.tmp"
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(final, staging)
+            staging.rename(trained_dir)
+        model_cfg = replace(recipe.model, layout=cfg.layout)
+        processor = loader.load(replace(model_cfg, name=str(trained_dir)), MODELS_DIR).processor
+        module = _mixed(trained_dir, model_cfg, cfg)
+        record = {**record, "recipe": to_dict(recipe), "mix": mix(cfg)}
+        finetune_io.write_outputs(out, module, processor, record, None)
+    accelerator.wait_for_everyone()
+    return {**record, "recipe": to_dict(recipe), "mix": mix(cfg)}
 
 
 def eval_names(cfg: FinetuneConfig) -> list[str]:

@@ -5,6 +5,8 @@ Layout, under ``<data_dir>/finetune/<run>/``:
                        ``progress.json`` last (a checkpoint without it is never resumed)
   best/                while training with validation: the best dev model so far
   model/               save_pretrained model and processor (LoRA adapters merged)
+  trained/             with finetune.interpolate*: the trained weights before the mix, so
+                       that another mix is saved without training again
   model_card.md        base model, recipe, subset fingerprint and size, steps, dev curve
   train_log.json       losses, bad steps, dev curve, padding, throughput, settings key
   tensorboard/         Accelerate's TensorBoard tracker: loss, learning rate, dev WER
@@ -85,9 +87,12 @@ def model_card(record: dict) -> str:
         for k in ("replay_fraction", "distill_weight", "l2_weight", "guard_set")
         if ft.get(k)
     )
-    if ft.get("interpolate", 1.0) < 1.0:
-        w = ft["interpolate"]
-        mix = f"saved weights {w:g} x trained + {1 - w:g} x pretrained (WiSE-FT)"
+    w, wd = ft.get("interpolate", 1.0), ft.get("interpolate_decoder")
+    if w < 1.0 or wd not in (None, 1.0):
+        mix = f"saved weights {w:g} x trained + {1 - w:g} x pretrained"
+        if wd is not None:
+            mix += f", the decoder's {wd:g} x trained + {1 - wd:g} x pretrained"
+        mix += " (WiSE-FT; the trained weights are kept in trained/)"
         control = f"{control}, {mix}" if control else mix
     rss = record.get("peak_rss_mib")
     peak = f"; peak memory {rss:,.0f} MiB (main process)" if rss else ""

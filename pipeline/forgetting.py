@@ -154,15 +154,29 @@ def plain(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-def interpolate(model: torch.nn.Module, pretrained: torch.nn.Module, weight: float) -> int:
+def is_decoder(name: str) -> bool:
+    """Whether a Whisper parameter belongs to the decoder (its output projection included)."""
+    return name.startswith(("model.decoder.", "proj_out."))
+
+
+def interpolate(
+    model: torch.nn.Module,
+    pretrained: torch.nn.Module,
+    weight: float,
+    decoder_weight: float | None = None,
+) -> int:
     """Weight-space ensembling (WiSE-FT, Wortsman et al. 2022): set each parameter of
-    ``model`` to ``weight`` * trained + (1 - ``weight``) * pretrained, in place.
+    ``model`` to ``weight`` * trained + (1 - ``weight``) * pretrained, in place; the decoder's
+    parameters (Whisper) with ``decoder_weight`` instead, when given.
 
     Parameters the pretrained model lacks or holds in another shape (a CTC head built for a
     new vocabulary) keep their trained values; buffers are left alone. Tied weights are one
     parameter, mixed once. Returns how many parameters were mixed."""
-    if not 0.0 <= weight <= 1.0:
-        raise ValueError(f"interpolation weight {weight} is outside [0, 1]")
+    for w in (weight, decoder_weight):
+        if w is not None and not 0.0 <= w <= 1.0:
+            raise ValueError(f"interpolation weight {w} is outside [0, 1]")
+    if decoder_weight is not None and getattr(model.config, "model_type", None) != "whisper":
+        raise UserError("finetune.interpolate_decoder needs Whisper; CTC models have no decoder")
     start = dict(pretrained.named_parameters())
     mixed = 0
     with torch.no_grad():
@@ -170,6 +184,7 @@ def interpolate(model: torch.nn.Module, pretrained: torch.nn.Module, weight: flo
             ref = start.get(name)
             if ref is None or ref.shape != param.shape:
                 continue
-            param.lerp_(ref.to(param.device, param.dtype), 1.0 - weight)
+            w = decoder_weight if decoder_weight is not None and is_decoder(name) else weight
+            param.lerp_(ref.to(param.device, param.dtype), 1.0 - w)
             mixed += 1
     return mixed

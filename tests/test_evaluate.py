@@ -6,9 +6,10 @@ from dataclasses import replace
 import pandas as pd
 import pytest
 
-from pipeline import cli, evaluate, prepare
-from pipeline.config import load_recipe
+from pipeline import audio, cli, evaluate, prepare
+from pipeline.config import ModelConfig, load_recipe
 from pipeline.errors import UserError
+from pipeline.models import loader
 from pipeline.models.whisper import Whisper
 
 RECIPE = {
@@ -85,6 +86,43 @@ def test_real_model_baseline_on_real_prompts(prepared):
     run = prepared.root / "evaluate" / "pretrained"
     same = evaluate.compare(run, run, n_boot=200)
     assert same["delta"].tolist() == [0.0] and same["p_value"].tolist() == [1.0]
+
+
+def test_token_nll_scores_the_references_without_decoding_again(prepared, tiny_whisper_dir):
+    evaluate.run(prepared, str(tiny_whisper_dir), "tiny")
+    out = prepared.root / "evaluate" / "tiny"
+    stamp = (out / "ast" / "wer.json").stat().st_mtime_ns
+    scored = replace(prepared, evaluate=replace(prepared.evaluate, token_nll=("ast",)))
+    table = evaluate.run(scored, str(tiny_whisper_dir), "tiny").set_index("set")
+    assert (out / "ast" / "wer.json").stat().st_mtime_ns == stamp  # WER kept: not decoded
+    assert not (out / "cmd" / "token_nll.parquet").exists()
+    per = pd.read_parquet(out / "ast" / "token_nll.parquet")
+    frame = pd.read_parquet(prepared.root / "prepare" / "manifests" / "ast.parquet")
+    assert sorted(per["id"]) == sorted(frame["id"])
+    # the same as scoring each reference alone with the model's own loss
+    model = loader.load(ModelConfig(name=str(tiny_whisper_dir)), evaluate.MODELS_DIR)
+    row = frame.iloc[0]
+    alone = model.loss([audio.read(frame_path(prepared, row))[0]], [row["text"]])[0]
+    got = per.set_index("id").loc[row["id"]]
+    assert got["tokens"] == len(model.text_tokens(row["text"]))
+    assert got["nll"] == pytest.approx(alone * got["tokens"], rel=1e-4)
+    mean = per["nll"].sum() / per["tokens"].sum()
+    assert table.loc["ast", "nll_per_token"] == pytest.approx(mean) and mean > 1.0
+    nll_stamp = (out / "ast" / "token_nll.json").stat().st_mtime_ns
+    evaluate.run(scored, str(tiny_whisper_dir), "tiny")
+    assert (out / "ast" / "token_nll.json").stat().st_mtime_ns == nll_stamp  # kept
+    # the real model predicts real prompts far better than a random one: B - A < 0
+    evaluate.run(replace(scored, evaluate=replace(scored.evaluate, sets=("ast",))))
+    compared = evaluate.compare(out, prepared.root / "evaluate" / "pretrained", n_boot=200)
+    nll = json.loads((prepared.root / "evaluate" / "pretrained" / "compare-tiny.json").read_text())
+    (row,) = nll["token_nll"]
+    assert row["set"] == "ast" and row["delta"] < -1.0 and row["p_value"] < 0.05
+    assert row["high"] < 0 and row["relative"] < -0.5
+    assert set(compared["set"]) == {"ast"}
+
+
+def frame_path(recipe, row):
+    return recipe.root / "prepare" / "manifests" / row["audio_path"]
 
 
 def test_missing_manifest_is_a_user_error(write_recipe, tmp_path):

@@ -1,5 +1,7 @@
 """Forgetting control on tiny random models: distillation, L2-SP, LoRA, replay, a guard set."""
 
+import shutil
+
 import pytest
 import torch
 import transformers
@@ -9,6 +11,7 @@ from pipeline import audio, finetune, forgetting, manifest
 from pipeline.batches import Collator
 from pipeline.config import ModelConfig
 from pipeline.errors import UserError
+from pipeline.fsio import read_json
 from pipeline.models import loader
 from tests.factories import TEXTS, dummy_row, speak, weights
 
@@ -108,6 +111,26 @@ def test_interpolate_mixes_each_parameter_once_and_keeps_a_new_head(tiny_whisper
     assert torch.equal(new_vocab.lm_head.weight, head)  # no pretrained counterpart: as trained
     with pytest.raises(ValueError, match="outside"):
         forgetting.interpolate(trained, pretrained, 1.5)
+    with pytest.raises(UserError, match="needs Whisper"):
+        forgetting.interpolate(new_vocab, ctc, 0.5, decoder_weight=0.5)
+
+
+def test_the_decoder_takes_its_own_weight_in_the_mix(tiny_whisper_dir):
+    load = transformers.WhisperForConditionalGeneration.from_pretrained
+    pretrained, trained = load(tiny_whisper_dir), load(tiny_whisper_dir)
+    with torch.no_grad():
+        for param in trained.parameters():
+            param.add_(1.0)
+    forgetting.interpolate(trained, pretrained, 0.75, decoder_weight=0.25)
+    start = dict(pretrained.named_parameters())
+    parts = {"encoder": 0, "decoder": 0}
+    for name, param in trained.named_parameters():
+        decoder = forgetting.is_decoder(name)
+        parts["decoder" if decoder else "encoder"] += 1
+        torch.testing.assert_close(param, start[name] + (0.25 if decoder else 0.75))
+    assert parts["decoder"] > 10 and parts["encoder"] > 10
+    # the output projection is the decoder's embeddings: it takes the decoder's weight
+    torch.testing.assert_close(trained.proj_out.weight, pretrained.proj_out.weight + 0.25)
 
 
 def test_finetune_saves_the_interpolated_weights(ft_recipe, tiny_whisper_dir):
@@ -126,6 +149,39 @@ def test_finetune_saves_the_interpolated_weights(ft_recipe, tiny_whisper_dir):
     assert moved > 10  # training changed the weights, so the mix is not trivially equal
     card = (mixed_recipe.root / "finetune" / "rsft" / "model_card.md").read_text()
     assert "0.25 x trained + 0.75 x pretrained" in card
+
+
+def test_another_mix_is_saved_without_training_again(ft_recipe, tiny_whisper_dir, monkeypatch):
+    _, recipe = ft_recipe(steps=4, lr=1e-2)
+    first = finetune.run(recipe)
+    trained = weights(recipe)
+    start = load_file(tiny_whisper_dir / "model.safetensors")
+    out = recipe.root / "finetune" / "rsft"
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(forgetting, "Anchor", no_training)
+    for w, wd in ((0.25, None), (1.0, 0.0), (1.0, None)):
+        _, mixed_recipe = ft_recipe(steps=4, lr=1e-2, interpolate=w, interpolate_decoder=wd)
+        record = finetune.run(mixed_recipe)
+        assert record["key"] == first["key"] and record["losses"] == first["losses"]
+        assert record["mix"] == {"interpolate": w, "interpolate_decoder": wd}
+        assert finetune.record_mix(read_json(out / "train_log.json")) == record["mix"]
+        mixed = weights(mixed_recipe)
+        for key, value in mixed.items():
+            a = wd if wd is not None and forgetting.is_decoder(key) else w
+            torch.testing.assert_close(value, a * trained[key] + (1 - a) * start[key])
+    assert (out / "trained").is_dir()
+    # a training run saved mixed keeps its trained weights; without them it trains again
+    _, recipe2 = ft_recipe(steps=3, lr=1e-2, interpolate_decoder=0.5)
+    monkeypatch.undo()
+    finetune.run(recipe2)
+    shutil.rmtree(out / "trained")
+    _, recipe3 = ft_recipe(steps=3, lr=1e-2, interpolate_decoder=0.0)
+    monkeypatch.setattr(forgetting, "Anchor", no_training)
+    with pytest.raises(AssertionError, match="trained again"):
+        finetune.run(recipe3)
 
 
 POOL_TEXTS = (
