@@ -300,19 +300,9 @@ def compare(run_a: Path, run_b: Path, seed: int = 0, n_boot: int = 1000) -> pd.D
     rng = np.random.default_rng(seed)
     rows = []
     for name in sets:
-        a = pd.read_parquet(run_a / name / "utterances.parquet")[["id", "errors", "ref_words"]]
-        b = pd.read_parquet(run_b / name / "utterances.parquet")[["id", "errors"]]
-        both = a.merge(b, on="id", suffixes=("_a", "_b"))
-        test = metrics.paired_bootstrap(
-            both["errors_a"].to_numpy(),
-            both["errors_b"].to_numpy(),
-            both["ref_words"].to_numpy(),
-            rng,
-            n_boot,
-        )
-        wer_a = both["errors_a"].sum() / both["ref_words"].sum()
-        wer_b = both["errors_b"].sum() / both["ref_words"].sum()
-        rows.append({"set": name, "utterances": len(both), "wer_a": wer_a, "wer_b": wer_b, **test})
+        paths = (run_a / name / "utterances.parquet", run_b / name / "utterances.parquet")
+        n, wer_a, wer_b, test = _paired_rates(*paths, "errors", "ref_words", rng, n_boot)
+        rows.append({"set": name, "utterances": n, "wer_a": wer_a, "wer_b": wer_b, **test})
     table = pd.DataFrame(rows)
     nll = _compare_nll(run_a, run_b, rng, n_boot)
     write_json(
@@ -345,28 +335,23 @@ def _compare_nll(run_a: Path, run_b: Path, rng, n_boot: int) -> list[dict]:
         other = run_b / path.parent.name / "token_nll.parquet"
         if not other.exists():
             continue
-        a, b = pd.read_parquet(path), pd.read_parquet(other)[["id", "nll"]]
-        both = a.merge(b, on="id", suffixes=("_a", "_b"))
-        test = metrics.paired_bootstrap(
-            both["nll_a"].to_numpy(),
-            both["nll_b"].to_numpy(),
-            both["tokens"].to_numpy(),
-            rng,
-            n_boot,
-        )
-        nll_a = both["nll_a"].sum() / both["tokens"].sum()
-        nll_b = both["nll_b"].sum() / both["tokens"].sum()
+        n, nll_a, nll_b, test = _paired_rates(path, other, "nll", "tokens", rng, n_boot)
         rows.append(
-            {
-                "set": path.parent.name,
-                "utterances": len(both),
-                "nll_a": nll_a,
-                "nll_b": nll_b,
-                "relative": (nll_b - nll_a) / nll_a,
-                **test,
-            }
+            {"set": path.parent.name, "utterances": n, "nll_a": nll_a, "nll_b": nll_b}
+            | {"relative": (nll_b - nll_a) / nll_a, **test}
         )
     return rows
+
+
+def _paired_rates(path_a: Path, path_b: Path, count: str, total: str, rng, n_boot: int):
+    """(utterances, rate A, rate B, paired bootstrap of B - A) for a per-utterance ``count``
+    over ``total`` (errors over reference words, NLL over tokens), on the ids both hold."""
+    a = pd.read_parquet(path_a)[["id", count, total]]
+    b = pd.read_parquet(path_b)[["id", count]]
+    both = a.merge(b, on="id", suffixes=("_a", "_b"))
+    x_a, x_b, n = (both[c].to_numpy() for c in (f"{count}_a", f"{count}_b", total))
+    test = metrics.paired_bootstrap(x_a, x_b, n, rng, n_boot)
+    return len(both), x_a.sum() / n.sum(), x_b.sum() / n.sum(), test
 
 
 def changes(run_a: Path, run_b: Path, name: str, top: int = 20) -> pd.DataFrame:

@@ -437,6 +437,12 @@ UNSAFE = {
     # a backslash in a link's name must not hide the link from the checks
     "symlink named with a backslash": ("x\\up", [("x\\up", tarfile.SYMTYPE, "../../out")]),
     "symlink to a backslash path": ("bs", [("bs", tarfile.SYMTYPE, "..\\..\\out")]),
+    # on disk 'a\\b' is one name in the root, so its '../out' points above the destination
+    "file through a backslash-named symlink": (
+        "a\\b",
+        [("a\\b", tarfile.SYMTYPE, "../out"), ("a\\b/evil.txt",)],
+    ),
+    "symlink named as the destination": (".", [(".", tarfile.SYMTYPE, "sub"), ("x.txt",)]),
     "fifo": ("pipe", [("pipe", tarfile.FIFOTYPE)]),
     "device": ("null", [("null", tarfile.CHRTYPE)]),
 }

@@ -132,7 +132,8 @@ def extract(archive: Path, dest: Path, checksum: str) -> Path:
     """Extract a tar (plain, gz, bz2, xz) or zip archive to ``dest`` after checking every member.
 
     Raises UserError, writing nothing, if any member is absolute, escapes ``dest`` (via ``..``
-    or through a link), is named through ``..`` at all, is a link pointing outside or
+    or through a link), is named through ``..`` at all, has a backslash in a tar path or link
+    target, is not a folder but names ``dest`` itself, is a link pointing outside or
     replacing another member, or is a device or fifo. The archive goes to a temporary folder
     that is renamed to ``dest`` once complete, then ``dest.done`` records ``checksum``; a later
     call with the same checksum does nothing.
@@ -206,6 +207,14 @@ def _check_tar(tar: tarfile.TarFile, archive_name: str) -> list[tarfile.TarInfo]
     files: set[str] = set()  # regular files extracted so far: what a hard link may name
     for member in members:
         key = _key(member.name)
+        # tarfile writes a backslash as a character of the name, while these checks read it
+        # as a separator (as Windows would): a symlink 'a\b' -> '../x' sits in the root on
+        # disk but was checked from inside 'a'. Corpus archives never use one in a path
+        linked = member.issym() or member.islnk()
+        if "\\" in member.name or (linked and "\\" in member.linkname):
+            _refuse(archive_name, member.name, "has a backslash in its path or link")
+        if not key and not member.isdir():
+            _refuse(archive_name, member.name, "names the destination folder itself")
         if member.issym() and (key in seen or names[key] > 1):
             _refuse(archive_name, member.name, "is a link that replaces another member")
         parts = key.split("/")
