@@ -294,11 +294,19 @@ class FinetuneConfig:
     # 'decoder_only' (Whisper: decoder blocks only, embeddings and output projection frozen);
     # 'decoder_frozen' (Whisper: the encoder alone trains: the model hears the new accents and
     # noise while its language model, and so its text on other speech, stays as it was);
-    # 'feature_encoder_frozen' (the convolutional front end frozen: wav2vec2's feature
-    # encoder, Whisper's two conv layers); 'lora' (peft LoRA adapters on lora_modules, merged
-    # into the saved model so it loads with from_pretrained)
+    # 'decoder_lm_frozen' (Whisper: the decoder's language model, i.e. its embeddings,
+    # self-attention and feed-forward layers, frozen; the encoder and the decoder's
+    # cross-attention train); 'feature_encoder_frozen' (the convolutional front end frozen:
+    # wav2vec2's feature encoder, Whisper's two conv layers); 'lora' (peft LoRA adapters on
+    # lora_modules, merged into the saved model so it loads with from_pretrained)
     train: Literal[
-        "full", "encoder_frozen", "decoder_only", "decoder_frozen", "feature_encoder_frozen", "lora"
+        "full",
+        "encoder_frozen",
+        "decoder_only",
+        "decoder_frozen",
+        "decoder_lm_frozen",
+        "feature_encoder_frozen",
+        "lora",
     ] = "full"
     lora_rank: int = 16
     lora_alpha: float = 32.0

@@ -30,7 +30,7 @@ from pipeline.errors import UserError
 def freeze(model: torch.nn.Module, train: str) -> None:
     """Set requires_grad for the chosen part of the model (see FinetuneConfig.train)."""
     whisper = model.config.model_type == "whisper"
-    if train in ("decoder_only", "decoder_frozen") and not whisper:
+    if train in ("decoder_only", "decoder_frozen", "decoder_lm_frozen") and not whisper:
         raise UserError(f"finetune.train: {train!r} needs Whisper; CTC models have no decoder")
     if train in ("full", "lora"):  # LoRA: forgetting.add_lora freezes the base itself
         return
@@ -40,6 +40,7 @@ def freeze(model: torch.nn.Module, train: str) -> None:
             "encoder_frozen": [core.encoder],
             "decoder_only": [core.encoder, core.decoder.embed_tokens, core.decoder.embed_positions],
             "decoder_frozen": [core.decoder],  # the output projection is tied to its embeddings
+            "decoder_lm_frozen": [core.decoder],  # its cross-attention trains again below
             "feature_encoder_frozen": [core.encoder.conv1, core.encoder.conv2],
         }[train]
     else:
@@ -49,6 +50,10 @@ def freeze(model: torch.nn.Module, train: str) -> None:
         ]
     for module in frozen:
         module.requires_grad_(False)
+    if train == "decoder_lm_frozen":  # what the decoder reads from the encoder still adapts
+        for layer in core.decoder.layers:
+            layer.encoder_attn.requires_grad_(True)
+            layer.encoder_attn_layer_norm.requires_grad_(True)
 
 
 def forward(model: torch.nn.Module, batch: dict[str, torch.Tensor]):

@@ -44,8 +44,23 @@ def test_loss_falls_and_the_model_loads(ft_recipe):
     assert isinstance(wrapped.transcribe([wave])[0], str)
 
 
+ENC = "model.encoder.layers.0.fc1.weight"
+DEC_LM = [
+    "model.decoder.layers.0.fc1.weight",
+    "model.decoder.layers.0.self_attn.q_proj.weight",
+    "model.decoder.embed_tokens.weight",
+]
+CROSS = "model.decoder.layers.0.encoder_attn.q_proj.weight"
+PARTS = {  # what trains and what stays as it was, per finetune.train
+    "encoder_frozen": ([DEC_LM[0], CROSS], [ENC]),
+    "decoder_frozen": ([ENC], [*DEC_LM, CROSS]),
+    "decoder_lm_frozen": ([ENC, CROSS], DEC_LM),
+}
+
+
 @pytest.mark.parametrize(
-    "layout, train", [("standard", "encoder_frozen"), ("short", "decoder_frozen")]
+    "layout, train",
+    [("standard", "encoder_frozen"), ("short", "decoder_frozen"), ("packed", "decoder_lm_frozen")],
 )
 def test_other_layouts_train(ft_recipe, layout, train):
     _, recipe = ft_recipe(steps=2, layout=layout, train=train, grad_accum=2)
@@ -53,9 +68,7 @@ def test_other_layouts_train(ft_recipe, layout, train):
     record = finetune.run(recipe)
     assert all(x is not None for x in record["losses"])
     after, start = weights(recipe), before.state_dict()
-    enc = "model.encoder.layers.0.fc1.weight"
-    dec = ["model.decoder.layers.0.fc1.weight", "model.decoder.embed_tokens.weight"]
-    trained, frozen = ([dec[0]], [enc]) if train == "encoder_frozen" else ([enc], dec)
+    trained, frozen = PARTS[train]
     assert all(torch.equal(after[k], start[k]) for k in frozen)
     assert not any(torch.equal(after[k], start[k]) for k in trained)
 
@@ -66,7 +79,7 @@ def test_ctc_trains_with_frozen_feature_encoder(ft_recipe, tiny_ctc_dir):
     assert all(x is not None and x > 0 for x in record["losses"])
     model = transformers.Wav2Vec2ForCTC.from_pretrained(recipe.root / "finetune/rsft/model")
     assert model.config.vocab_size == 30
-    for train in ("decoder_only", "decoder_frozen"):
+    for train in ("decoder_only", "decoder_frozen", "decoder_lm_frozen"):
         with pytest.raises(UserError, match="needs Whisper"):
             forgetting.freeze(model, train)
 
