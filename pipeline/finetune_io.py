@@ -87,6 +87,12 @@ def model_card(record: dict) -> str:
         for k in ("replay_fraction", "distill_weight", "l2_weight", "guard_set")
         if ft.get(k)
     )
+    held = {
+        "decoder_frozen": "the decoder frozen",
+        "decoder_lm_frozen": "the decoder's language model frozen",
+    }
+    if ft["train"] in held:
+        control = ", ".join(x for x in (held[ft["train"]], control) if x)
     w, wd = ft.get("interpolate", 1.0), ft.get("interpolate_decoder")
     if w < 1.0 or wd not in (None, 1.0):
         mix = f"saved weights {w:g} x trained + {1 - w:g} x pretrained"

@@ -69,6 +69,9 @@ def test_other_layouts_train(ft_recipe, layout, train):
     assert all(x is not None for x in record["losses"])
     after, start = weights(recipe), before.state_dict()
     trained, frozen = PARTS[train]
+    card = (recipe.root / "finetune" / "rsft" / "model_card.md").read_text()
+    held = "forgetting control: the decoder" in card  # what trains is named as the control
+    assert held == (train in ("decoder_frozen", "decoder_lm_frozen"))
     assert all(torch.equal(after[k], start[k]) for k in frozen)
     assert not any(torch.equal(after[k], start[k]) for k in trained)
 
