@@ -250,7 +250,11 @@ class SelectConfig:
         default_factory=dict
     )  # 'a|b|c' -> weight; {} = balanced
     folds: int = 5  # cross-fitting folds of the classifier
-    C: float = 1.0  # inverse L2 strength of the logistic regression
+    # inverse L2 strength of the logistic regression, and the encoder layer whose pooled
+    # states it reads (0: the first block's input; -1: the final layer). None: chosen by the
+    # classifier's cross-fitted log loss (C among 0.01, 0.1, 1; every scored layer)
+    C: float | None = None
+    layer: int | None = None
     pca_dim: int | None = None
     beta: float = 1.0  # difficulty tilt exp(beta * loss)
     # M = max w (exact draws) when None; a quantile of w trades exactness for acceptance, and

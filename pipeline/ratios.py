@@ -15,7 +15,7 @@ import numpy as np
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import log_loss, roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -28,6 +28,9 @@ MIN_TARGET_ROWS = 20  # below this the classifier's folds hold a handful of targ
 CLIP_EPS = 1e-6  # c is clipped to [eps, 1 - eps]: log-ratios stay within about +-13.8
 MAX_AUC = 0.999  # cross-fitted AUC at or above this: target lies off the pool's support
 CALIBRATION_FOLDS = 3  # inner folds for Platt scaling inside each outer fold
+# inverse L2 strengths tried when select.C is unset: the cross-fitted log loss picks one
+# (with the encoder layer; recipes/RESULTS.md has the demo's table)
+C_GRID = (0.01, 0.1, 1.0)
 
 
 def groups_log_ratio(
@@ -80,12 +83,17 @@ def balanced_target(groups: Sequence[Hashable]) -> dict:
 
 
 def _finite_rows(x: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """``x`` as (rows, layers, dims) (2-D input is one layer) and the rows finite throughout."""
     x = np.asarray(x)
-    if x.ndim != 2:
-        raise UserError(f"{name} embeddings must be 2-D (rows, dims), got shape {x.shape}")
+    if x.ndim == 2:
+        x = x[:, None, :]
+    if x.ndim != 3:
+        raise UserError(
+            f"{name} embeddings must be (rows, dims) or (rows, layers, dims), got shape {x.shape}"
+        )
     if not np.issubdtype(x.dtype, np.floating):
         x = x.astype(np.float64)
-    ok = np.isfinite(x).all(axis=1)
+    ok = np.isfinite(x).all(axis=(1, 2))
     if not ok.any():
         raise UserError(f"all {len(x)} {name} embedding rows contain NaN or inf")
     return x, ok
@@ -127,10 +135,12 @@ def classifier_log_ratio(
     target_x: np.ndarray,
     rng: np.random.Generator,
     folds: int = 5,
-    C: float = 1.0,
+    C: float | None = None,
     pca_dim: int | None = None,
     calibrate: bool = True,
     max_auc: float = MAX_AUC,
+    layer: int | None = None,
+    C_grid: Sequence[float] = C_GRID,
 ) -> tuple[np.ndarray, dict]:
     """Cross-fitted classifier log-ratio log[(n_pool / n_target) * c(x) / (1 - c(x))].
 
@@ -141,6 +151,12 @@ def classifier_log_ratio(
     The count ratio is that of the training rows, the prior the classifier learnt. c is clipped
     to [1e-6, 1 - 1e-6] and the number clipped reported.
 
+    Embeddings are (rows, dims) or (rows, layers, dims), one pooled vector per encoder layer.
+    The layer (``layer`` None: every one) and the inverse regularisation (``C`` None: each of
+    ``C_grid``) are chosen by the cross-fitted log loss of telling target from pool, which
+    needs no labels beyond which sample a row came from; every candidate's loss is reported.
+    The winner's out-of-fold probabilities are the ones used (same folds for every candidate).
+
     Rows with NaN/inf embeddings are left out of training; such pool rows get log w = -inf
     and are counted (with their indices) in ``info``. If the cross-fitted AUC reaches
     ``max_auc`` the target lies off the pool's support, where no ratio exists to sample by;
@@ -149,23 +165,42 @@ def classifier_log_ratio(
     """
     pool_x, pool_ok = _finite_rows(pool_x, "pool")
     target_x, target_ok = _finite_rows(target_x, "target")
-    if pool_x.shape[1] != target_x.shape[1]:
-        raise UserError(f"pool has {pool_x.shape[1]} dims, target {target_x.shape[1]}")
+    if pool_x.shape[1:] != target_x.shape[1:]:
+        raise UserError(
+            f"pool embeddings are {pool_x.shape[1:]} (layers, dims), target {target_x.shape[1:]}"
+        )
     n_pool, n_target = int(pool_ok.sum()), int(target_ok.sum())
+    n_layers, dims = pool_x.shape[1:]
     if n_target < MIN_TARGET_ROWS:
         raise UserError(f"target sample too small: {n_target} < {MIN_TARGET_ROWS}")
     if folds < 2 or folds > min(n_pool, n_target):
         raise UserError(f"folds must be between 2 and {min(n_pool, n_target)}, got {folds}")
-    if pca_dim is not None and not 1 <= pca_dim <= pool_x.shape[1]:
-        raise UserError(f"pca_dim must be between 1 and {pool_x.shape[1]}, got {pca_dim}")
+    if pca_dim is not None and not 1 <= pca_dim <= dims:
+        raise UserError(f"pca_dim must be between 1 and {dims}, got {pca_dim}")
+    if layer is not None and not -n_layers <= layer < n_layers:
+        raise UserError(f"layer must be between {-n_layers} and {n_layers - 1}, got {layer}")
+    Cs = [C] if C is not None else list(C_grid)
+    if not Cs or any(not np.isfinite(c) or c <= 0 for c in Cs):
+        raise UserError(f"C must be positive, got {Cs}")
 
     x = np.concatenate([pool_x[pool_ok], target_x[target_ok]])
     y = np.concatenate([np.zeros(n_pool, dtype=np.int64), np.ones(n_target, dtype=np.int64)])
     seed = int(rng.integers(2**31 - 1 - folds))
+    layers = [layer % n_layers] if layer is not None else list(range(n_layers))
+    candidates, best = [], None
     # The fits are many thin matrix-vector products, where BLAS threads only contend: one
     # thread measured 9x faster (1e5 x 32 rows on 2 cores: 11.0 s -> 1.2 s).
     with threadpool_limits(limits=1, user_api="blas"):
-        prob, prior_ratio = _crossfit_probabilities(x, y, folds, C, pca_dim, calibrate, seed)
+        for at in layers:
+            for c_value in Cs:
+                prob, prior_ratio = _crossfit_probabilities(
+                    x[:, at], y, folds, c_value, pca_dim, calibrate, seed
+                )
+                loss = float(log_loss(y, np.clip(prob, CLIP_EPS, 1 - CLIP_EPS)))
+                candidates.append({"layer": at, "C": c_value, "log_loss": loss})
+                if best is None or loss < best[0]:
+                    best = (loss, at, c_value, prob, prior_ratio)
+    _, chosen_layer, chosen_C, prob, prior_ratio = best
     auc = float(roc_auc_score(y, prob))
     if auc >= max_auc:
         raise UserError(
@@ -187,6 +222,7 @@ def classifier_log_ratio(
     info = {
         "estimator": "classifier",
         "auc": auc,
+        "log_loss": best[0],
         "folds": folds,
         "n_pool": n_pool,
         "n_target": n_target,
@@ -194,7 +230,10 @@ def classifier_log_ratio(
         "clipped_all_rows": int(clipped.sum()),
         "clip_eps": CLIP_EPS,
         "calibration": f"sigmoid, {CALIBRATION_FOLDS} inner folds" if calibrate else "none",
-        "C": C,
+        "C": chosen_C,
+        "layer": chosen_layer,
+        "layers": n_layers,
+        "candidates": candidates,
         "pca_dim": pca_dim,
         "excluded_pool_rows": int((~pool_ok).sum()),
         "excluded_pool_indices": np.flatnonzero(~pool_ok).tolist(),

@@ -1,7 +1,8 @@
 """Stage 2, score: the pretrained model's view of every pool and target-sample utterance.
 
 Output, under ``<data_dir>/score/<set>/``:
-  embeddings.npy    float16 (utterances, dim): mean-pooled encoder states, row-aligned with
+  embeddings.npy    float16 (utterances, layers, dim): mean-pooled encoder states of every
+                    layer (0: the first block's input), row-aligned with the manifest
   scores.parquet    id, loss (NLL of the reference; NaN for the unlabelled target sample and
                     when ``score.losses`` leaves them out),
                     hypothesis, logprob (its mean token log-probability), wer (vs the text)
@@ -33,6 +34,7 @@ from pipeline.models.base import SpeechModel, length_batches
 from pipeline.typed import to_dict
 
 log = logging.getLogger(__name__)
+EMBEDDING_REVISION = 2  # 2: every encoder layer's pooled states (1: the final layer's alone)
 UNLABELLED_SPLITS = ("target",)  # the target sample is audio only: its transcripts are not used
 
 
@@ -71,6 +73,7 @@ def run(recipe: Recipe) -> None:
             settings,
             file_sha256(path),
             __version__,
+            EMBEDDING_REVISION,
             *([reader.decoding_revision] if hypotheses else []),
         )
 
@@ -171,13 +174,13 @@ def score_shard(
         texts = [shard["text"].iloc[i] for i in rows] if labelled and losses else None
         e, l_ = analyser.analyse(waves, texts)
         if emb is None:
-            emb = np.full((n, e.shape[1]), np.nan, dtype=np.float32)
+            emb = np.full((n, *e.shape[1:]), np.nan, dtype=np.float32)
         emb[rows], loss[rows] = e, l_
         if decoder is not None and labelled:
             h, lp = decoder.transcribe_scored(waves)
             hyps[rows], logprob[rows] = h, lp
     if emb is None:
-        emb = np.full((n, 1), np.nan, dtype=np.float32)
+        emb = np.full((n, 1, 1), np.nan, dtype=np.float32)
     return {
         "ids": shard["id"].to_numpy(dtype=str),
         "embeddings": emb.astype(np.float16),
@@ -197,7 +200,16 @@ def gather(out: Path, key: str, frame: pd.DataFrame | None) -> None:
     parts = [np.load(p) for p in shards]
     if any(str(p["key"]) != key for p in parts):
         raise UserError(f"{out}: shards from another run are mixed in; delete {out} and rerun")
-    emb = np.concatenate([p["embeddings"] for p in parts])
+    # a shard with no readable row holds a (rows, 1, 1) NaN placeholder: widen it
+    shape = max((p["embeddings"].shape[1:] for p in parts), key=lambda s: int(np.prod(s)))
+    emb = np.concatenate(
+        [
+            p["embeddings"]
+            if p["embeddings"].shape[1:] == shape
+            else np.full((len(p["embeddings"]), *shape), np.nan, dtype=np.float16)
+            for p in parts
+        ]
+    )
     table = pd.DataFrame(
         {
             "id": np.concatenate([p["ids"] for p in parts]),

@@ -58,7 +58,22 @@ def estimate_log_ratio(cfg: SelectConfig, pool_emb, target_emb, pool_groups, los
     for name in cfg.estimators:
         if name == "classifier":
             log_w, info[name] = ratios.classifier_log_ratio(
-                pool_emb, target_emb, rng, folds=cfg.folds, C=cfg.C, pca_dim=cfg.pca_dim
+                pool_emb,
+                target_emb,
+                rng,
+                folds=cfg.folds,
+                C=cfg.C,
+                pca_dim=cfg.pca_dim,
+                layer=cfg.layer,
+            )
+            log.info(
+                "select: classifier reads layer %d of %d at C %g (cross-fitted log loss %.4f, "
+                "AUC %.3f)",
+                info[name]["layer"],
+                info[name]["layers"],
+                info[name]["C"],
+                info[name]["log_loss"],
+                info[name]["auc"],
             )
         elif name == "groups":
             target = cfg.group_weights or ratios.balanced_target(pool_groups)

@@ -25,7 +25,15 @@ def test_whisper_layouts_transcribe_embed_and_score(tiny_whisper_dir, speech, la
     texts = model.transcribe(batch)
     assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
     emb = model.embed(batch)
-    assert emb.shape == (3, 32) and np.isfinite(emb).all()
+    # one pooled vector per encoder layer: the blocks' input and the (one) block's output
+    assert emb.shape == (3, 2, 32) and np.isfinite(emb).all()
+    if layout == "standard":  # the last is the final state the decoder reads, pooled
+        feats = model.features(batch[:1], 30.0)
+        with torch.inference_mode():
+            final = model.model.get_encoder()(feats).last_hidden_state[0]
+        frames = int(np.ceil(len(batch[0]) / 16000 * 50))
+        np.testing.assert_allclose(emb[0, -1], final[:frames].mean(0), rtol=1e-4, atol=1e-5)
+        assert not np.allclose(emb[0, 0], emb[0, -1])
     losses = model.loss(batch, ["Turn on the lights.", "Hello.", "Turn on the kitchen lights."])
     assert losses.shape == (3,) and (losses > 0).all()
 
@@ -121,6 +129,8 @@ def test_ctc_model_transcribes_embeds_and_scores(tiny_ctc_dir, speech):
     alone = np.array([model.loss([w], [t])[0] for w, t in zip(batch, texts, strict=True)])
     np.testing.assert_allclose(together, alone, rtol=1e-3)
     emb = model.embed(batch)
+    layers = model.model.config.num_hidden_layers + 1
+    assert emb.shape == (3, layers, model.model.config.hidden_size)
     np.testing.assert_allclose(emb[0], model.embed(batch[:1])[0], rtol=1e-3, atol=1e-4)
 
 

@@ -54,6 +54,37 @@ def test_classifier_is_deterministic_and_supports_pca():
     assert spearmanr(first, truth).statistic > 0.5
 
 
+def test_classifier_chooses_the_layer_and_strength_by_cross_fitted_log_loss():
+    # layer 1 carries the pool/target shift, layers 0 and 2 are noise: the log loss finds it
+    pool, target, truth = gaussian_samples(1000, 200)
+    rng = np.random.default_rng(5)
+
+    def stack(x):
+        noise = rng.normal(size=(len(x), 2, x.shape[1]))
+        return np.stack([noise[:, 0], x, noise[:, 1]], axis=1)
+
+    log_w, info = classifier_log_ratio(stack(pool), stack(target), np.random.default_rng(3))
+    assert info["layer"] == 1 and info["layers"] == 3 and info["C"] in (0.01, 0.1, 1.0)
+    assert len(info["candidates"]) == 9
+    assert info["log_loss"] == min(c["log_loss"] for c in info["candidates"])
+    assert spearmanr(log_w, truth).statistic >= 0.9
+    # the chosen candidate's scores are those of a fit on that layer alone
+    alone, _ = classifier_log_ratio(pool, target, np.random.default_rng(3), C=info["C"])
+    np.testing.assert_allclose(log_w, alone)
+    # a fixed layer (negative counts from the top) and C are taken as given
+    fixed, info = classifier_log_ratio(
+        stack(pool), stack(target), np.random.default_rng(3), layer=-1, C=0.5
+    )
+    assert info["layer"] == 2 and info["C"] == 0.5 and len(info["candidates"]) == 1
+    assert abs(spearmanr(fixed, truth).statistic) < 0.2
+    with pytest.raises(UserError, match="layer must be between -3 and 2, got 3"):
+        classifier_log_ratio(stack(pool), stack(target), np.random.default_rng(3), layer=3)
+    with pytest.raises(
+        UserError, match=r"pool embeddings are \(3, 12\) \(layers, dims\), target \(1, 12\)"
+    ):
+        classifier_log_ratio(stack(pool), target, np.random.default_rng(3))
+
+
 def test_too_small_target_sample():
     pool, target, _ = gaussian_samples(200, 19)
     with pytest.raises(UserError, match="target sample too small: 19 < 20"):

@@ -60,11 +60,11 @@ def test_score_writes_aligned_embeddings_losses_and_hypotheses(scored_recipe):
     emb, table = read(recipe, "pool")
     pool = pd.read_parquet(recipe.root / "prepare" / "manifests" / "pool.parquet")
     assert table["id"].tolist() == pool["id"].tolist()
-    assert emb.shape == (20, 32) and emb.dtype == np.float16 and np.isfinite(emb).all()
+    assert emb.shape == (20, 2, 32) and emb.dtype == np.float16 and np.isfinite(emb).all()
     assert np.isfinite(table["loss"]).all() and (table["loss"] > 0).all()
     assert table["hypothesis"].map(type).eq(str).all() and table["wer"].notna().all()
     emb_t, target = read(recipe, "target")
-    assert emb_t.shape == (6, 32) and target["loss"].isna().all()  # unlabelled: no loss
+    assert emb_t.shape == (6, 2, 32) and target["loss"].isna().all()  # unlabelled: no loss
     done = json.loads((recipe.root / "score" / "pool" / "done.json").read_text())
     assert done["utterances"] == 20 and done["peak_rss_mib"] > 100
 

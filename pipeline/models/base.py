@@ -35,7 +35,10 @@ class SpeechModel(ABC):
 
     @abstractmethod
     def embed(self, waves: Sequence[np.ndarray]) -> np.ndarray:
-        """Mean-pooled final encoder states over each wave's own frames: (batch, dim) float32."""
+        """Mean-pooled encoder states over each wave's own frames, per layer: (batch, layers,
+        dim) float32, layer 0 the first block's input and the last the final output. Which
+        layer tells a target condition from the pool best depends on the condition (accent
+        and noise live below the top), so selection chooses among them."""
 
     @abstractmethod
     def loss(self, waves: Sequence[np.ndarray], texts: Sequence[str]) -> np.ndarray:

@@ -45,12 +45,11 @@ class CTC(SpeechModel):
     @torch.inference_mode()
     def embed(self, waves: Sequence[np.ndarray]) -> np.ndarray:
         values, mask = self._inputs(waves)
-        states = self.model(values, attention_mask=mask, output_hidden_states=True).hidden_states[
-            -1
-        ]
-        frames = self._frames(mask).clamp(min=1, max=states.shape[1])
-        keep = torch.arange(states.shape[1])[None, :] < frames[:, None]
-        pooled = (states * keep[..., None]).sum(1) / frames[:, None]
+        out = self.model(values, attention_mask=mask, output_hidden_states=True)
+        states = torch.stack(out.hidden_states, dim=1)  # (batch, layers, frames, dim)
+        frames = self._frames(mask).clamp(min=1, max=states.shape[2])
+        keep = torch.arange(states.shape[2])[None, :] < frames[:, None]
+        pooled = (states * keep[:, None, :, None]).sum(2) / frames[:, None, None]
         return pooled.float().cpu().numpy()
 
     def targets(self, text: str) -> list[int]:

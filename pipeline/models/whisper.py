@@ -303,8 +303,10 @@ class Whisper(SpeechModel):
     def analyse(
         self, waves: Sequence[np.ndarray], texts: Sequence[str] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Embeddings and (given transcripts) losses from one encoder pass per input."""
-        emb = np.zeros((len(waves), self.model.config.d_model), dtype=np.float32)
+        """Embeddings of every encoder layer and (given transcripts) losses from one encoder
+        pass per input."""
+        layers = self.model.config.encoder_layers + 1  # the blocks' input, then each output
+        emb = np.zeros((len(waves), layers, self.model.config.d_model), dtype=np.float32)
         losses = np.full(len(waves), np.nan, dtype=np.float32)
         if self.layout == "packed":
             return self._analyse_packed(waves, texts, emb, losses)
@@ -320,9 +322,10 @@ class Whisper(SpeechModel):
             for member, (start, end) in zip(w.members, w.spans, strict=True):
                 lo = int(start * FRAMES_PER_S)
                 hi = max(lo + 1, math.ceil(end * FRAMES_PER_S))
-                emb[member] = states[row, lo:hi].mean(0).float().numpy()
+                emb[member] = states[row, :, lo:hi].mean(1).float().numpy()
         if texts is None:
             return emb, losses
+        states = states[:, -1]  # the decoder attends to the final layer
         token_lists, owners = [], []
         for w in windows:
             tokens, owner = [], []
@@ -343,7 +346,9 @@ class Whisper(SpeechModel):
         for members, states in states_by_group:
             for row, i in enumerate(members):
                 frames = math.ceil(len(waves[i]) / SAMPLE_RATE * FRAMES_PER_S)
-                emb[i] = states[row, : min(states.shape[1], max(1, frames))].mean(0).float().numpy()
+                span = min(states.shape[2], max(1, frames))
+                emb[i] = states[row, :, :span].mean(1).float().numpy()
+            states = states[:, -1]  # the decoder attends to the final layer
             if texts is not None:
                 tokens = [self.text_tokens(texts[i]) for i in members]
                 nll = self._token_nll(states, tokens)
@@ -366,9 +371,12 @@ class Whisper(SpeechModel):
         return nll[:, len(self.prefix) - 1 :]
 
     def _encode(self, waves: Sequence[np.ndarray], seconds: float) -> torch.Tensor:
+        """Encoder states of every layer: (inputs, layers, frames, d_model), the last layer's
+        (after the final norm) being what the decoder reads."""
         feats = self.features(waves, seconds)  # log-mel in fp32, outside autocast
         with self.context(seconds), self.autocast():
-            return self.model.get_encoder()(feats).last_hidden_state
+            out = self.model.get_encoder()(feats, output_hidden_states=True)
+        return torch.stack(out.hidden_states, dim=1)
 
     def autocast(self):
         """bf16 autocast on the model's device when ``bf16`` is set, else nothing."""
