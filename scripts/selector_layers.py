@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline import ratios  # noqa: E402
 from pipeline.config import load_recipe  # noqa: E402
+from pipeline.fsio import stable_seed  # noqa: E402
 from pipeline.select import group_keys, load_scored  # noqa: E402
 
 OLD_DEFAULT = {"layer": -1, "C": 1.0}  # what select read before the choice: the final layer
@@ -40,13 +41,20 @@ def mass_share(log_w: np.ndarray, inside: np.ndarray) -> float:
     return float(w[inside].sum() / w.sum())
 
 
-def sweep(pool_emb, target_emb, inside, seed: int) -> list[dict]:
-    """Every (layer, C) candidate: cross-fitted log loss, AUC and the condition's mass share."""
+def sweep(pool_emb, target_emb, inside, seed: int, cfg) -> list[dict]:
+    """Every (layer, C) candidate: cross-fitted log loss, AUC and the condition's mass share
+    (each candidate on the same folds, drawn from ``seed``; folds and PCA as ``select``)."""
     rows = []
     for layer in range(pool_emb.shape[1] if pool_emb.ndim == 3 else 1):
         for C in ratios.C_GRID:
             log_w, info = ratios.classifier_log_ratio(
-                pool_emb, target_emb, np.random.default_rng(seed), C=C, layer=layer
+                pool_emb,
+                target_emb,
+                np.random.default_rng(seed),
+                folds=cfg.folds,
+                C=C,
+                pca_dim=cfg.pca_dim,
+                layer=layer,
             )
             rows.append(
                 {
@@ -106,10 +114,12 @@ def main(argv: list[str] | None = None) -> dict:
     pool_groups = group_keys(pool, columns)
     target_groups = set(group_keys(target, columns))
     inside = np.array([g in target_groups for g in pool_groups])
+    # the recipe's target on select's own folds, so that the choice is the one select made
+    seed = stable_seed(recipe.seed, "select", "ratio")
     results = [
         verdict(
             "the recipe's target",
-            sweep(pool_emb, target_emb, inside, args.seed),
+            sweep(pool_emb, target_emb, inside, seed, cfg),
             float(inside.mean()),
         )
     ]
@@ -122,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
         stay = np.ones(len(pool), dtype=bool)
         stay[take] = False
         inside = np.isin(np.arange(len(pool)), members)[stay]
-        rows = sweep(pool_emb[stay], pool_emb[take], inside, args.seed)
+        rows = sweep(pool_emb[stay], pool_emb[take], inside, args.seed, cfg)
         results.append(verdict(" / ".join(map(str, condition)), rows, float(inside.mean())))
 
     print(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
 
+from pipeline import select
 from pipeline.config import load_recipe
 from tests.factories import ACCENTS, NOISES, fake_scored_set
 
@@ -34,7 +36,7 @@ def test_the_rule_finds_the_layer_that_holds_the_condition(write_recipe, tmp_pat
         noise = rng.normal(size=(len(emb), 2, emb.shape[1])).astype(np.float32)
         np.save(path, np.stack([noise[:, 0], emb, noise[:, 1]], axis=1).astype(np.float16))
     recipe_path = write_recipe({"select": {"folds": 3}})
-    load_recipe(recipe_path)  # the recipe is valid
+    recipe = load_recipe(recipe_path)
     out = tmp_path / "layers.json"
     results = load_script().main([str(recipe_path), "--conditions", "2", "--out", str(out)])[
         "results"
@@ -51,3 +53,9 @@ def test_the_rule_finds_the_layer_that_holds_the_condition(write_recipe, tmp_pat
     # held-out conditions are noisy (accent, noise) groups, not the clean ones
     assert all("clean" not in r["condition"] for r in results[1:])
     assert "| the recipe's target |" in capsys.readouterr().out
+    # on the recipe's target the script's folds are select's: the same choice, the same loss
+    select.run(recipe)
+    chosen = json.loads((root / "select" / "rsft" / "diagnostics.json").read_text())
+    chosen = chosen["estimators"]["classifier"]
+    assert (chosen["layer"], chosen["C"]) == (first["chosen"]["layer"], first["chosen"]["C"])
+    assert chosen["log_loss"] == first["chosen"]["log_loss"]
