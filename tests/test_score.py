@@ -144,6 +144,18 @@ def test_unreadable_audio_is_counted_not_fatal(scored_recipe):
     assert np.isnan(emb[3].astype(np.float32)).all() and np.isfinite(emb[4]).all()
 
 
+def test_a_shard_with_no_readable_row_keeps_the_shape(scored_recipe):
+    _, recipe = scored_recipe
+    pool = pd.read_parquet(recipe.root / "prepare" / "manifests" / "pool.parquet")
+    for i in range(8, 16):  # the whole second shard of 8
+        (recipe.root / "prepare" / "manifests" / pool["audio_path"].iloc[i]).write_bytes(b"x")
+    score.run(recipe)
+    emb, table = read(recipe, "pool")
+    assert emb.shape == (20, 2, 32) and table["unreadable"].sum() == 8
+    assert np.isnan(emb[8:16].astype(np.float32)).all()
+    assert np.isfinite(emb[:8]).all() and np.isfinite(emb[16:]).all()
+
+
 @pytest.mark.slow
 def test_two_processes_give_the_single_process_result(scored_recipe, tmp_path):
     path, recipe = scored_recipe
