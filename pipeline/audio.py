@@ -48,6 +48,18 @@ def read(src: str | Path | bytes, sample_rate: int = SAMPLE_RATE) -> tuple[np.nd
     return np.ascontiguousarray(mono, dtype=np.float32), changes
 
 
+def telephone_band(
+    wave: np.ndarray, sample_rate: int = SAMPLE_RATE, rate: int = 8000
+) -> np.ndarray:
+    """``wave`` as a telephone line carries it: down to ``rate`` (soxr's anti-alias filter
+    drops everything above ``rate / 2``) and back up, the same length, float32."""
+    narrow = soxr.resample(np.asarray(wave, dtype=np.float32), sample_rate, rate, quality="HQ")
+    back = soxr.resample(narrow, rate, sample_rate, quality="HQ").astype(np.float32)
+    if len(back) >= len(wave):
+        return back[: len(wave)]
+    return np.pad(back, (0, len(wave) - len(back)))
+
+
 def write_flac(path: str | Path, wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
     """Atomically write 16-bit mono FLAC, scaling down if the peak would clip."""
     peak = float(np.max(np.abs(wave))) if wave.size else 0.0

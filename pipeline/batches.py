@@ -7,6 +7,8 @@ or wav2vec2 input values with CTC character labels (-100 on padding).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import torch
@@ -24,18 +26,29 @@ class Utterances(Dataset):
     Several frames (the subset, then the replay pool) are one dataset, rows in that order.
     """
 
-    def __init__(self, *frames: pd.DataFrame):
+    def __init__(self, *frames: pd.DataFrame, narrowband_fraction: float = 0.0, seed: int = 0):
         self.paths = [p for f in frames for p in f["audio_path"].tolist()]
         self.texts = [t for f in frames for t in f["text"].tolist()]
+        # a fixed share of the files, drawn from (seed, file name), is read through a
+        # telephone band on every pass: the same choice after a resume or in another process
+        self.narrowband = {
+            i
+            for i, p in enumerate(self.paths)
+            if narrowband_fraction > 0
+            and stable_seed(seed, "narrowband", Path(p).name) / 2**60 < narrowband_fraction
+        }
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
         try:
-            return audio.read(self.paths[i])[0], self.texts[i]
+            wave = audio.read(self.paths[i])[0]
         except (audio.AudioError, OSError):
             return None
+        if i in self.narrowband:
+            wave = audio.telephone_band(wave)
+        return wave, self.texts[i]
 
 
 class EpochBatches(Sampler):

@@ -350,6 +350,10 @@ class FinetuneConfig:
     max_bad_steps: int = 5  # stop after this many NaN/inf losses in a row
     # forgetting control (measured in recipes/RESULTS.md):
     replay_fraction: float = 0.0  # share of each batch drawn at random from the labelled pool
+    # share of the training files (a fixed draw from the seed and file name) read through a
+    # telephone band, resampled to 8 kHz and back: real speech often arrives so (the asterisk
+    # prompts are 8 kHz), and synthetic training audio is all wideband
+    narrowband_fraction: float = 0.0
     distill_weight: float = 0.0  # weight of KL(frozen pretrained || model) on output tokens
     l2_weight: float = 0.0  # weight of the squared distance to the pretrained weights (L2-SP)
     # the saved model's weights: interpolate * trained + (1 - interpolate) * pretrained
@@ -525,6 +529,8 @@ def _check(recipe: Recipe) -> None:
         raise RecipeError("finetune.eval_limit: must be at least 1, or null for every utterance")
     if not 0.0 <= ft.replay_fraction < 1.0:
         raise RecipeError("finetune.replay_fraction: must be in [0, 1)")
+    if not 0.0 <= ft.narrowband_fraction <= 1.0:
+        raise RecipeError("finetune.narrowband_fraction: must be in [0, 1]")
     for key in ("distill_weight", "l2_weight", "guard_tolerance"):
         if getattr(ft, key) < 0:
             raise RecipeError(f"finetune.{key}: must be 0 or more")

@@ -86,7 +86,7 @@ def get_dataloaders(
     )
     frames = (frame,) if pool is None else (frame, pool)
     loader = DataLoader(
-        Utterances(*frames),
+        Utterances(*frames, narrowband_fraction=cfg.narrowband_fraction, seed=seed),
         batch_sampler=batches,
         collate_fn=Collator(
             model, cfg.layout, context_s, cfg.labels, cfg.pack_gap_s, cfg.packing == "first_fit"

@@ -65,3 +65,34 @@ def test_grouping_by_length_cuts_padding():
     grouped = epoch(EpochBatches(DURATIONS, 0, 8, group_by_length=True), 0)
     assert sorted(i for b in grouped for i in b) == list(range(len(DURATIONS)))
     assert padded_s(grouped) < 0.85 * padded_s(plain)
+
+
+def test_a_fixed_share_of_files_is_read_through_a_telephone_band(speech, tmp_path):
+    import pandas as pd
+    from scipy.signal import welch
+
+    from pipeline import audio
+    from pipeline.batches import Utterances
+
+    paths = []
+    for i in range(40):
+        paths.append(tmp_path / f"u{i:02d}.flac")
+        audio.write_flac(paths[-1], speech)
+    frame = pd.DataFrame({"audio_path": [str(p) for p in paths], "text": ["hi"] * 40})
+    data = Utterances(frame, narrowband_fraction=0.5, seed=3)
+    assert 10 <= len(data.narrowband) <= 30  # about half of 40
+    assert data.narrowband == Utterances(frame, narrowband_fraction=0.5, seed=3).narrowband
+    assert data.narrowband != Utterances(frame, narrowband_fraction=0.5, seed=4).narrowband
+    assert not Utterances(frame).narrowband
+    assert len(Utterances(frame, narrowband_fraction=1.0, seed=3).narrowband) == 40
+
+    def high_share(wave):  # share of the power above 4.2 kHz
+        freqs, power = welch(wave, fs=16000, nperseg=1024)
+        return power[freqs > 4200].sum() / power.sum()
+
+    narrow = data[min(data.narrowband)][0]
+    wide = data[min(set(range(40)) - data.narrowband)][0]
+    assert len(narrow) == len(wide) == len(audio.read(paths[0])[0])
+    assert high_share(wide) > 100 * high_share(narrow)
+    # below the band edge the wave is kept: speech's power lies mostly there
+    assert np.corrcoef(wide, narrow)[0, 1] > 0.9
