@@ -272,12 +272,19 @@ def training_function(
     return record
 
 
+ADDED_SETTINGS = {"narrowband_fraction": 0.0}
+
+
 def training_settings(cfg: FinetuneConfig) -> dict:
     """The settings that shape training (the run's key): the weight mix is applied after
     training, so it is left out. ``interpolate`` stays in at 1.0, so that runs saved before
     the decoder's own weight existed keep their key."""
     settings = to_dict(replace(cfg, interpolate=1.0))
     settings.pop("interpolate_decoder")
+    # settings added later enter the key only when set, so earlier runs keep theirs
+    for name, default in ADDED_SETTINGS.items():
+        if settings.get(name) == default:
+            settings.pop(name)
     return settings
 
 

@@ -96,3 +96,17 @@ def test_a_fixed_share_of_files_is_read_through_a_telephone_band(speech, tmp_pat
     assert high_share(wide) > 100 * high_share(narrow)
     # below the band edge the wave is kept: speech's power lies mostly there
     assert np.corrcoef(wide, narrow)[0, 1] > 0.9
+
+
+def test_the_telephone_band_enters_the_training_key_only_when_set():
+    from dataclasses import replace
+
+    from pipeline.config import FinetuneConfig
+    from pipeline.finetune import training_settings
+
+    plain = training_settings(FinetuneConfig())
+    assert "narrowband_fraction" not in plain  # runs trained before it keep their key
+    assert training_settings(replace(FinetuneConfig(), narrowband_fraction=0.5)) == {
+        **plain,
+        "narrowband_fraction": 0.5,
+    }
