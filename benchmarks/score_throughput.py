@@ -1,8 +1,8 @@
 """Scoring throughput: the score stage beside a plain loop over the model, one utterance at a time.
 
 Both compute, for the same sample of the demo's pool (same audio, same weights, one process,
-one after the other), each utterance's embedding (encoder states mean-pooled over its own
-frames) and the teacher-forced loss of its transcript (mean NLL per token, end of text
+one after the other), each utterance's embedding (final encoder states mean-pooled over its
+own frames; the stage keeps every layer's, which one encoder pass gives) and the teacher-forced loss of its transcript (mean NLL per token, end of text
 included):
 
   stage     ``pipeline.score.score_shard`` with recipes/demo.yaml's score settings (packed
@@ -129,7 +129,8 @@ def run(args: argparse.Namespace) -> dict:
     for name, model in arms.items():
         arrays, wall, cpu = timed(shard, model, frame)
         rows[name] = {"wall_s": wall, "cpu_s": cpu, "layout": model.layout}
-        rows[name]["arrays"] = arrays["embeddings"].astype(np.float32), arrays["loss"]
+        # the stage keeps every encoder layer; the loop's embedding is the final one's
+        rows[name]["arrays"] = arrays["embeddings"].astype(np.float32)[:, -1], arrays["loss"]
     (emb, loss), wall, cpu = timed(plain_loop, stage.model, stage.processor, frame)
     rows["loop"] = {"wall_s": wall, "cpu_s": cpu, "layout": "standard, one at a time"}
     for row in rows.values():
