@@ -2,8 +2,8 @@
 
 Both compute, for the same sample of the demo's pool (same audio, same weights, one process,
 one after the other), each utterance's embedding (final encoder states mean-pooled over its
-own frames; the stage keeps every layer's, which one encoder pass gives) and the teacher-forced loss of its transcript (mean NLL per token, end of text
-included):
+own frames; the stage keeps every layer's, which one encoder pass gives) and the
+teacher-forced loss of its transcript (mean NLL per token, end of text included):
 
   stage     ``pipeline.score.score_shard`` with recipes/demo.yaml's score settings (packed
             30 s windows, batches of ``score.batch_size``), reading its own audio; what
