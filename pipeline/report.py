@@ -149,6 +149,15 @@ def selection_blocks(found: dict) -> list:
             "target-group share: share of the subset in groups the target sample holds."
         )
     )
+    clf = found["diagnostics"].get("rsft", {}).get("estimators", {}).get("classifier")
+    if clf and "layer" in clf:
+        blocks.append(
+            doc.Para(
+                f"rsft's classifier read encoder layer {clf['layer']} of {clf['layers']} at C "
+                f"{clf['C']:g}, the lowest cross-fitted log loss ({clf['log_loss']:.4f}) of "
+                f"{len(clf['candidates'])} candidates; AUC {clf['auc']:.3f}."
+            )
+        )
     diagnostics = {m: d for m, d in found["diagnostics"].items() if m != "full"}
     if diagnostics:
         png = report_plots.selection_shares(diagnostics)

@@ -222,6 +222,9 @@ def test_report_files_and_printed_table(report):
     assert "| rsft | 2 (0, 1) | 7.5 [" in text
     assert "| against | budget | seed | rsft WER % |" in text
     assert "| random | 50 | 0 | 2.5 |" in text
+    # the fake pool's embeddings are one layer: the classifier chose C on it
+    assert "rsft's classifier read encoder layer 0 of 1 at C " in text
+    assert "cross-fitted log loss (0." in text and "of 3 candidates; AUC 0." in text
     figures = sorted(p.name for p in (out / "figures").glob("*.png"))
     assert figures == sorted(
         f"{n}.png"
