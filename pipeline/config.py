@@ -54,6 +54,10 @@ class SynthSource:
     # 'train'), 'dev' and 'test' (held-out templates and slot values)
     text_split: Literal["train", "heldout", "dev", "test"] = "train"
     speaker_split: Literal["train", "heldout", "dev", "test"] = "train"
+    # sentences from text files or folders instead of the grammar (pipeline/corpora/texts.py):
+    # speech outside the commands' 25 intents, e.g. Debian's fortunes-min,
+    # /usr/share/games/fortunes; text_split is then unused
+    texts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -350,6 +354,9 @@ class FinetuneConfig:
     max_bad_steps: int = 5  # stop after this many NaN/inf losses in a row
     # forgetting control (measured in recipes/RESULTS.md):
     replay_fraction: float = 0.0  # share of each batch drawn at random from the labelled pool
+    # the prepared set replayed (None: the pool, select.pool), e.g. speech outside the
+    # target's text domain, so the model keeps hearing words its training grammar lacks
+    replay_set: str | None = None
     # share of the training files (a fixed draw from the seed and file name) read through a
     # telephone band, resampled to 8 kHz and back: real speech often arrives so (the asterisk
     # prompts are 8 kHz), and synthetic training audio is all wideband

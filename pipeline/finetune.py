@@ -57,10 +57,14 @@ def load_subset(recipe: Recipe, subset: str) -> tuple[pd.DataFrame, Path]:
 
 
 def load_pool(recipe: Recipe) -> tuple[pd.DataFrame, Path]:
-    """The labelled pool the subset was selected from (the replay source)."""
-    path = recipe.root / "prepare" / "manifests" / f"{recipe.select.pool}.parquet"
+    """The replay source: finetune.replay_set, else the labelled pool the subset came from."""
+    name = recipe.finetune.replay_set or recipe.select.pool
+    path = recipe.root / "prepare" / "manifests" / f"{name}.parquet"
     if not path.exists():
-        raise UserError(f"finetune.replay_fraction: no pool manifest at {path} (run: rsft prepare)")
+        raise UserError(
+            f"finetune.replay_fraction: no manifest of replay set {name!r} at {path}"
+            " (run: rsft prepare)"
+        )
     return manifest.read(path), path
 
 
@@ -272,7 +276,7 @@ def training_function(
     return record
 
 
-ADDED_SETTINGS = {"narrowband_fraction": 0.0}
+ADDED_SETTINGS = {"narrowband_fraction": 0.0, "replay_set": None}
 
 
 def training_settings(cfg: FinetuneConfig) -> dict:

@@ -81,6 +81,9 @@ def run(recipe: Recipe) -> pd.DataFrame:
 FILE_SOURCES = ("local", "asterisk", "commonvoice", "l2arctic")
 
 
+ADDED_SOURCE_FIELDS = {"texts": []}
+
+
 def set_fingerprint(recipe: Recipe, set_cfg: SetConfig, items: list | None = None) -> str:
     prep = to_dict(recipe.prepare)
     prep.pop("sets")
@@ -89,7 +92,12 @@ def set_fingerprint(recipe: Recipe, set_cfg: SetConfig, items: list | None = Non
         (i.id, i.reason) if isinstance(i, Reject) else (i.id, i.text, i.speaker, i.accent, i.spec)
         for i in items or []
     ]
-    return fingerprint(recipe.seed, prep, to_dict(set_cfg), inputs, __version__)
+    set_dict = to_dict(set_cfg)
+    # source fields added later enter the fingerprint only when set, so sets keep theirs
+    for name, default in ADDED_SOURCE_FIELDS.items():
+        if set_dict["source"].get(name, default) == default:
+            set_dict["source"].pop(name, None)
+    return fingerprint(recipe.seed, prep, set_dict, inputs, __version__)
 
 
 def prepare_set(recipe: Recipe, set_cfg: SetConfig) -> tuple[pd.DataFrame, dict[str, int]]:

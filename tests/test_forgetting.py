@@ -191,20 +191,20 @@ POOL_TEXTS = (
 )
 
 
-def write_pool(root, texts=POOL_TEXTS):
+def write_pool(root, texts=POOL_TEXTS, name="pool"):
     """A prepared pool of sentences about three times as long as the subset's."""
     rows = []
     for i, text in enumerate(texts):
-        path = root / "audio" / f"pool{i}.flac"
+        path = root / "audio" / f"{name}{i}.flac"
         wave, rate = speak(text, "en-gb")
         audio.write_flac(path, wave, rate)
         rows.append(dummy_row(10 + i, str(path), text=text, duration_s=audio.duration_s(path)))
-    manifest.write(manifest.to_frame(rows), root / "prepare" / "manifests" / "pool.parquet")
+    manifest.write(manifest.to_frame(rows), root / "prepare" / "manifests" / f"{name}.parquet")
 
 
 def test_replay_trains_on_pool_audio_too(ft_recipe):
     _, recipe = ft_recipe(steps=3, batch_size=4, replay_fraction=0.5)
-    with pytest.raises(UserError, match="no pool manifest"):
+    with pytest.raises(UserError, match="no manifest of replay set 'pool'"):
         finetune.run(recipe)
     write_pool(recipe.root)
     with_replay = finetune.run(recipe)
@@ -213,3 +213,18 @@ def test_replay_trains_on_pool_audio_too(ft_recipe):
     # half of every batch is (longer) pool audio: more seconds than the subset alone gives
     assert with_replay["speech_seconds"] > 1.3 * plain["speech_seconds"]
     assert with_replay["key"] != plain["key"]
+
+
+def test_replay_set_names_the_set_replayed(ft_recipe):
+    _, recipe = ft_recipe(steps=3, batch_size=4, replay_fraction=0.5, replay_set="prose")
+    with pytest.raises(UserError, match="no manifest of replay set 'prose'"):
+        finetune.run(recipe)
+    write_pool(recipe.root)
+    short = ("the old clock stopped at noon", "a cold wind blew over the hill", "she sang to me")
+    write_pool(recipe.root, short, name="prose")
+    prose = finetune.run(recipe)
+    _, pool_recipe = ft_recipe(steps=3, batch_size=4, replay_fraction=0.5)
+    pool = finetune.run(pool_recipe)
+    # the same draw of rows, from the shorter sentences of the named set
+    assert prose["speech_seconds"] < pool["speech_seconds"]
+    assert prose["key"] != pool["key"]

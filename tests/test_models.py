@@ -28,11 +28,12 @@ def test_whisper_layouts_transcribe_embed_and_score(tiny_whisper_dir, speech, la
     # one pooled vector per encoder layer: the blocks' input and the (one) block's output
     assert emb.shape == (3, 2, 32) and np.isfinite(emb).all()
     if layout == "standard":  # the last is the final state the decoder reads, pooled
-        feats = model.features(batch[:1], 30.0)
+        feats = model.features(batch, 30.0)  # the same batch: the same matrix shapes
         with torch.inference_mode():
             final = model.model.get_encoder()(feats).last_hidden_state[0]
         frames = int(np.ceil(len(batch[0]) / 16000 * 50))
-        np.testing.assert_allclose(emb[0, -1], final[:frames].mean(0), rtol=1e-4, atol=1e-5)
+        # float sums in another order differ by ~1e-4; another layer differs by far more
+        np.testing.assert_allclose(emb[0, -1], final[:frames].mean(0), rtol=1e-3, atol=1e-4)
         assert not np.allclose(emb[0, 0], emb[0, -1])
     losses = model.loss(batch, ["Turn on the lights.", "Hello.", "Turn on the kitchen lights."])
     assert losses.shape == (3,) and (losses > 0).all()

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import SynthPart, SynthSource
-from pipeline.corpora import synth
+from pipeline.corpora import synth, texts
 from pipeline.corpora.base import SourceContext
 from pipeline.errors import UserError
 
@@ -72,3 +72,56 @@ def test_candidates_balance_accents_and_are_deterministic(tmp_path):
     assert {c.speaker for c in first} <= test_speakers
     other = list(synth.candidates(cfg, ctx(tmp_path, name="other")))
     assert [c.text for c in other] != [c.text for c in first]
+
+
+FORTUNES = """Living your life is a task so difficult, it has never been attempted before.
+%
+Q:\tWhat do monsters drink?
+A:\tCoke-a-Cola.  It comes in 12 ounce cans.
+%
+A good name is rather to be chosen than great riches.
+		-- Proverbs
+%
+See http://example.org for more.  Short one.
+%
+Living your life is a task so difficult, it has never been attempted before.
+"""
+
+
+def test_text_sentences_keep_what_a_voice_reads_as_written():
+    assert texts.sentences(FORTUNES) == [
+        "Living your life is a task so difficult, it has never been attempted before.",
+        "What do monsters drink?",
+        "A good name is rather to be chosen than great riches.",
+    ]
+    plain = "One sentence on a line here.\nAnd two on the next line. Both are kept here.\n"
+    assert texts.sentences(plain) == [
+        "One sentence on a line here.",
+        "And two on the next line.",
+        "Both are kept here.",
+    ]
+
+
+def test_candidates_from_text_files(tmp_path):
+    folder = tmp_path / "fortunes"
+    folder.mkdir()
+    (folder / "a").write_text(FORTUNES)
+    (folder / "a.dat").write_bytes(b"\x00\x01 binary index")
+    lines = [f"The {w} cat sat on the {w} mat today." for w in ("red", "blue", "green", "grey")]
+    (tmp_path / "b.txt").write_text("\n".join(lines))
+    cfg = SynthSource(
+        kind="synth",
+        texts=(str(folder), str(tmp_path / "b.txt")),
+        parts=(SynthPart(count=6, voices=("us", "gb")),),
+    )
+    first = list(synth.candidates(cfg, ctx(tmp_path)))
+    assert len({c.text for c in first}) == 6
+    assert {c.extra["intent"] for c in first} == {"text"}
+    assert [c.text for c in synth.candidates(cfg, ctx(tmp_path))] == [c.text for c in first]
+    assert {c.accent for c in first} == {"us", "gb"}
+    too_many = SynthSource(kind="synth", texts=cfg.texts, parts=(SynthPart(8, ("us",)),))
+    with pytest.raises(UserError, match="hold 7 usable sentences, 8 asked for"):
+        list(synth.candidates(too_many, ctx(tmp_path)))
+    missing = SynthSource(kind="synth", texts=("/no/such/file",), parts=(SynthPart(1, ("us",)),))
+    with pytest.raises(UserError, match="source.texts: no text file or folder at /no/such/file"):
+        list(synth.candidates(missing, ctx(tmp_path)))

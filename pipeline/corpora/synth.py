@@ -17,7 +17,7 @@ import numpy as np
 
 from pipeline import audio
 from pipeline.config import SynthPart, SynthSource
-from pipeline.corpora import grammar
+from pipeline.corpora import grammar, texts
 from pipeline.corpora.base import Candidate, SourceContext
 from pipeline.errors import UserError
 from pipeline.fsio import stable_seed
@@ -162,15 +162,28 @@ def candidates(cfg: SynthSource, ctx: SourceContext) -> Iterator[Candidate]:
     """Commands for every part of a synth set, each with its own sentences and speakers."""
     total = sum(p.count for p in cfg.parts)
     rng = np.random.default_rng(stable_seed(ctx.seed, ctx.set_name, "sentences"))
-    try:
-        sentences = grammar.sample(cfg.text_split, total, rng)
-    except ValueError as err:
-        raise UserError(f"set {ctx.set_name}: {err}") from None
+    if cfg.texts:
+        sentences = _text_sentences(cfg.texts, total, rng, ctx.set_name)
+    else:
+        try:
+            sentences = grammar.sample(cfg.text_split, total, rng)
+        except ValueError as err:
+            raise UserError(f"set {ctx.set_name}: {err}") from None
     start = 0
     for index, part in enumerate(cfg.parts):
         chunk = sentences[start : start + part.count]
         start += part.count
         yield from _part(part, index, chunk, cfg.speaker_split, ctx)
+
+
+def _text_sentences(paths: tuple[str, ...], total: int, rng, set_name: str) -> list:
+    """``total`` distinct sentences of the text files, drawn by the set's seed ("text" intent)."""
+    found = texts.file_sentences(paths, f"set {set_name}: source.texts")
+    if total > len(found):
+        raise UserError(
+            f"set {set_name}: source.texts hold {len(found)} usable sentences, {total} asked for"
+        )
+    return [("text", found[i]) for i in rng.choice(len(found), size=total, replace=False)]
 
 
 def _part(part: SynthPart, index: int, sentences: list, speaker_split: str, ctx: SourceContext):
