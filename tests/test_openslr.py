@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import io
+import os
 import pickle
 import re
 import shutil
@@ -544,3 +545,37 @@ def test_zip_symlink_refused(tmp_path):
     with pytest.raises(UserError, match="'data/link' is a symbolic link"):
         openslr.extract(archive, tmp_path / "work" / "extracted", "sha")
     assert not (tmp_path / "work").exists()
+
+
+def test_tar_members_get_plain_permissions_and_owner(tmp_path, monkeypatch):
+    # without tarfile's data filter (older Pythons), our own copy of each member decides
+    monkeypatch.delattr(tarfile, "data_filter")
+    info, data = _member("good/setuid.sh", data=b"#!/bin/sh\n")
+    info.mode, info.uid, info.gid, info.uname, info.gname = 0o6777, 4242, 4242, "mallory", "evil"
+    archive = _evil_tar(tmp_path / "modes.tar.gz", [(info, data)])
+    dest = openslr.extract(archive, tmp_path / "modes", "sha")
+    written = (dest / "good" / "setuid.sh").stat()
+    assert stat.S_IMODE(written.st_mode) == 0o755
+    assert (written.st_uid, written.st_gid) == (os.getuid(), os.getgid())
+
+
+def test_the_written_tree_is_audited_too(tmp_path, monkeypatch):
+    # were a member to slip past the member checks (and no data filter ran), the tree as
+    # written is still refused before it becomes the destination
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.delattr(tarfile, "data_filter")
+    monkeypatch.setattr(archives, "_check_tar", lambda tar, name: tar.getmembers())
+    archive = _evil_tar(tmp_path / "evil.tar.gz", [_member("up", tarfile.SYMTYPE, str(out))])
+    with pytest.raises(UserError, match="'up' was written leading outside the destination"):
+        openslr.extract(archive, tmp_path / "work" / "extracted", "sha")
+    assert not (tmp_path / "work" / "extracted").exists()
+    assert not list((tmp_path / "work").glob(".extracted-*"))
+
+
+def test_zip_file_entry_naming_the_destination_refused(tmp_path):
+    archive = tmp_path / "dot.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr(zipfile.ZipInfo("."), "evil")
+    with pytest.raises(UserError, match="names the destination folder itself"):
+        openslr.extract(archive, tmp_path / "work" / "extracted", "sha")

@@ -8,6 +8,7 @@ place, with ``<dest>.done`` recording the archive's checksum so a rerun does not
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import http.client
 import os
@@ -134,9 +135,12 @@ def extract(archive: Path, dest: Path, checksum: str) -> Path:
     Raises UserError, writing nothing, if any member is absolute, escapes ``dest`` (via ``..``
     or through a link), is named through ``..`` at all, has a backslash in a tar path or link
     target, is not a folder but names ``dest`` itself, is a link pointing outside or
-    replacing another member, or is a device or fifo. The archive goes to a temporary folder
-    that is renamed to ``dest`` once complete, then ``dest.done`` records ``checksum``; a later
-    call with the same checksum does nothing.
+    replacing another member, or is a device or fifo. Tar members are written with plain
+    permissions (no setuid, setgid or sticky bits, no group or other write) and owned by the
+    user extracting, whatever the archive says. The written tree is checked again (every path
+    and link target inside the temporary folder, no special files) before the folder is
+    renamed to ``dest``; then ``dest.done`` records ``checksum``, and a later call with the
+    same checksum does nothing.
     """
     if is_extracted(dest, checksum):
         return dest
@@ -144,7 +148,7 @@ def extract(archive: Path, dest: Path, checksum: str) -> Path:
         with _open_archive(archive) as handle:
             # exactly the members checked here are extracted, and nothing else
             if isinstance(handle, tarfile.TarFile):
-                members = _check_tar(handle, archive.name)
+                members = _plain_metadata(_check_tar(handle, archive.name))
                 # the data filter is a second guard, where this Python has it
                 options = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
             else:
@@ -153,6 +157,7 @@ def extract(archive: Path, dest: Path, checksum: str) -> Path:
             tmp = _fresh_tmp(dest)
             try:
                 handle.extractall(tmp, members=members, **options)
+                _audit(tmp, archive.name)  # a third guard: the tree as written
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
@@ -189,6 +194,8 @@ def _check_zip(archive: zipfile.ZipFile, archive_name: str) -> list[zipfile.ZipI
     for info in members:
         _check_member(info.filename, {}, archive_name)
         _check_no_dotdot(info.filename, archive_name)
+        if not _key(info.filename) and not info.is_dir():
+            _refuse(archive_name, info.filename, "names the destination folder itself")
         if stat.S_ISLNK(info.external_attr >> 16):
             _refuse(archive_name, info.filename, "is a symbolic link")
     return members
@@ -244,6 +251,35 @@ def _check_tar(tar: tarfile.TarFile, archive_name: str) -> list[tarfile.TarInfo]
         if member.isfile():
             files.add(key)
     return members
+
+
+def _plain_metadata(members: list[tarfile.TarInfo]) -> list[tarfile.TarInfo]:
+    """Copies of the checked members with plain permissions, owned by whoever extracts: as
+    root, tarfile would otherwise give files the archive's owners and setuid bits."""
+    plain = []
+    for member in members:
+        member = copy.copy(member)
+        member.mode &= 0o755
+        member.uid, member.gid = os.getuid(), os.getgid()
+        member.uname = member.gname = ""
+        plain.append(member)
+    return plain
+
+
+def _audit(root: Path, archive_name: str) -> None:
+    """Refuse the written tree unless every path in it, followed through its links, stays
+    inside ``root`` and is a folder, regular file or link."""
+    base = os.path.realpath(root)
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(folder, name)
+            member = os.path.relpath(path, root)
+            real = os.path.realpath(path)
+            if os.path.commonpath([base, real]) != base:
+                _refuse(archive_name, member, "was written leading outside the destination")
+            mode = os.lstat(path).st_mode
+            if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+                _refuse(archive_name, member, "was written as a special file")
 
 
 def _check_member(path: str, links: dict[str, str], archive_name: str, member: str = "") -> None:
