@@ -208,6 +208,11 @@ class ModelConfig:
     # (its later utterances follow). 0: loops run to the tokens_per_s cap, in a packed window
     # the whole window's. 4 chosen on the dev sets (recipes/RESULTS.md)
     loop_repeats: int = 4
+    # attention of each new token while generating: 'fp32' (matmuls in fp32; the cross-
+    # attention keys and values converted once per batch) or 'sdpa' (PyTorch's kernel, which
+    # on a CPU in bf16 spends most of a greedy step there). Longer queries (the encoder,
+    # training, teacher forcing) always go to SDPA. Chosen by benchmarks/decode_attention.py
+    decode_attention: Literal["fp32", "sdpa"] = "fp32"
     # bf16 autocast outside training (decoding; the score's encoder and loss passes): 'auto'
     # where the machine computes bf16 natively (a GPU with bf16, a CPU with AVX512-BF16 or AMX)
     bf16: Literal["auto"] | bool = "auto"
@@ -223,7 +228,7 @@ class ModelConfig:
 
 
 # ModelConfig fields that only change generated transcripts (not embeddings, losses or training)
-DECODING_FIELDS = ("tokens_per_s", "loop_repeats")
+DECODING_FIELDS = ("tokens_per_s", "loop_repeats", "decode_attention")
 
 
 @dataclass(frozen=True)

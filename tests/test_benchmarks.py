@@ -129,6 +129,27 @@ def test_decode_precision_quick(tmp_path):
     assert low <= rows["bf16"]["delta"] <= high and rows["bf16"]["speed_vs_fp32"] > 0
 
 
+@pytest.mark.slow  # about 20 s: the bundled tiny.en decodes 4 commands three ways, in turns
+def test_decode_attention_quick(tmp_path):
+    root, out = tmp_path / "demo", tmp_path / "figures.json"
+    write_set(root, root / "prepare" / "manifests" / "dev_target.parquet", "dev")
+    done = run_script(
+        "decode_attention.py", "--quick", "--data-root", str(root), "--json", str(out),
+        "--threads", "1", "--chunk", "2",
+    )  # fmt: skip
+    assert "fp32 step" in done.stdout
+    figures = json.loads(out.read_text())
+    rows = figures["sets"]["dev_target"]["arms"]
+    assert set(rows) == {"stock", "weights", "fp32 step"}
+    assert figures["sets"]["dev_target"]["utterances"] == 4
+    for name in ("weights", "fp32 step"):
+        assert rows[name]["wer"] < 0.5 and rows[name]["speed_vs_stock"] > 0
+        low, high = rows[name]["delta_95ci"]
+        assert low <= rows[name]["delta"] <= high
+    # the weights' bf16 copies change no token, with or without native bf16
+    assert rows["weights"]["same_hypothesis"] == 1.0 and rows["weights"]["delta"] == 0
+
+
 @pytest.mark.slow  # about 20 s: one counted and one timed step of tiny.en on one window
 def test_flops_quick(tmp_path):
     root, out = tmp_path / "demo", tmp_path / "figures.json"

@@ -204,3 +204,78 @@ def test_loop_stopping_decodes_with_the_tiny_model(tiny_whisper_dir, speech, mon
     packed = loader.with_layout(cut, "packed")
     packed.transcribe_joined(packed.pack(batch))
     assert stopped[0] and stopped[-1] is False
+
+
+def test_decode_step_attention_matches_sdpa_and_converts_cross_attention_once():
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from pipeline.models import whisper
+
+    torch.manual_seed(0)
+    module = torch.nn.Module().train(False)
+    query = torch.randn(3, 2, 1, 8)
+    key, value = torch.randn(3, 2, 20, 8), torch.randn(3, 2, 20, 8)
+    keep = torch.rand(3, 1, 1, 20) > 0.3
+    keep[..., 0] = True
+    additive = torch.zeros(3, 1, 1, 20).masked_fill(~keep, float("-inf"))
+    copies = whisper._Fp32Copies({id(module)})
+    token = whisper._STEP_COPIES.set(copies)
+    try:
+        for mask in (None, keep, additive):
+            ours, _ = whisper.decode_step_attention(module, query, key, value, mask)
+            theirs, _ = sdpa_attention_forward(module, query, key, value, mask, is_causal=False)
+            assert ours.shape == theirs.shape == (3, 1, 2, 8)
+            torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+        # the cross-attention keys are converted once and reused while the tensor is the same
+        kept = copies.copies[id(key)][1]
+        whisper.decode_step_attention(module, query.bfloat16(), key, value, None)
+        assert copies.copies[id(key)][1] is kept
+        # bf16 inputs: an fp32 result rounded once, close to fp32 attention
+        half, _ = whisper.decode_step_attention(
+            module, query.bfloat16(), key.bfloat16(), value.bfloat16(), keep
+        )
+        assert half.dtype == torch.bfloat16
+        torch.testing.assert_close(half.float(), theirs, rtol=0.05, atol=0.05)
+    finally:
+        whisper._STEP_COPIES.reset(token)
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_greedy_steps_attend_in_fp32_and_decoder_weights_are_put_back(
+    tiny_whisper_dir, speech, monkeypatch, bf16
+):
+    import contextlib
+
+    from pipeline.models import whisper
+
+    cfg = ModelConfig(name=str(tiny_whisper_dir), bf16=bf16, loop_repeats=0)
+    ours = loader.load(cfg, tiny_whisper_dir)
+    assert ours.decode_attention == "fp32"
+    assert loader.with_layout(ours, "packed").decode_attention == "fp32"
+    calls, step = [], whisper.decode_step_attention
+
+    def counted(module, query, *args, **kwargs):
+        calls.append(query.shape[2])
+        return step(module, query, *args, **kwargs)
+
+    mapping = whisper.AttentionInterface._global_mapping
+    monkeypatch.setitem(mapping, whisper.DECODE_ATTENTION, counted)
+    seen = []
+    projection = ours.model.get_output_embeddings()
+    projection.register_forward_pre_hook(lambda m, args: seen.append(m.weight.dtype))
+    feats = ours.features(waves(speech), 30.0)
+    ids = ours._generate(feats, 12).tolist()
+    # the encoder (1,500 queries) and the prompt's step (2) by SDPA, every later step here
+    assert 1 in calls and max(calls) == 1500
+    # bf16 weights only while generating; the output projection is tied again after
+    assert set(seen) == {torch.bfloat16 if bf16 else torch.float32}
+    assert projection.weight is ours.model.get_decoder().embed_tokens.weight
+    assert all(p.dtype == torch.float32 for p in ours.model.parameters())
+    assert ours.model.config._attn_implementation == "sdpa"
+    assert whisper._STEP_COPIES.get() is None
+    # the weights' bf16 copies are autocast's own rounding: the same tokens without them
+    monkeypatch.setattr(ours, "_bf16_decoder_weights", contextlib.nullcontext)
+    assert ours._generate(feats, 12).tolist() == ids
+    if not bf16:  # in fp32 the step's matmuls and SDPA agree to rounding: the same tokens
+        ours.decode_attention = "sdpa"
+        assert ours._generate(feats, 12).tolist() == ids

@@ -44,6 +44,7 @@ def load(cfg: ModelConfig, cache_dir: Path) -> SpeechModel:
             tokens_per_s=cfg.tokens_per_s,
             bf16=resources.native_bf16(model.device) if cfg.bf16 == "auto" else cfg.bf16,
             loop_repeats=cfg.loop_repeats,
+            decode_attention=cfg.decode_attention,
         )
     if hasattr(model, "lm_head"):  # wav2vec2, HuBERT, WavLM, ... with a CTC head
         return CTC(model, processor, cfg.name)
@@ -69,6 +70,7 @@ def with_layout(model: SpeechModel, layout: str) -> SpeechModel:
         tokens_per_s=model.tokens_per_s,
         bf16=model.bf16,
         loop_repeats=model.loop_repeats,
+        decode_attention=model.decode_attention,
     )
 
 

@@ -12,6 +12,7 @@ Whisper was trained on 30 s windows; voice commands last a few seconds. Layouts:
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,13 @@ import torch
 import transformers
 
 from pipeline.models.base import SAMPLE_RATE, SpeechModel
+
+try:  # the attention interfaces of transformers 4.53 and later
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+except ImportError:  # older transformers: decoding keeps SDPA
+    AttentionInterface = None
 
 CHUNK_S = 30.0  # Whisper's window
 FRAMES_PER_S = 50  # encoder positions per second (10 ms mel hop, then stride 2)
@@ -80,6 +88,66 @@ class LoopStop(transformers.StoppingCriteria):
         return done
 
 
+DECODE_ATTENTION = "rsft_decode_step"  # the name it is registered under with transformers
+
+
+class _Fp32Copies:
+    """fp32 copies of the cross-attention keys and values of one generate call: they stay
+    the same at every step, so each is converted once (by the tensor's identity)."""
+
+    def __init__(self, cross_attention: set[int]):
+        self.cross_attention = cross_attention  # ids of the decoder's encoder_attn modules
+        self.copies: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def get(self, module: torch.nn.Module, tensor: torch.Tensor) -> torch.Tensor:
+        if id(module) not in self.cross_attention:
+            return tensor.float()
+        held = self.copies.get(id(tensor))
+        if held is None or held[0] is not tensor:
+            held = self.copies[id(tensor)] = (tensor, tensor.float())
+        return held[1]
+
+
+_STEP_COPIES: contextvars.ContextVar[_Fp32Copies | None] = contextvars.ContextVar(
+    "rsft_step_copies", default=None
+)
+
+
+def decode_step_attention(
+    module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs
+):
+    """Attention for a transformers model: one query (a greedy step) inside
+    ``Whisper._fp32_step_attention`` in fp32 matmuls; anything else by SDPA, as before.
+
+    PyTorch's CPU flash kernel handles a single bf16 query over 1,500 encoder frames at
+    about a third of the speed of two fp32 matmuls, and rounds the attention weights to
+    bf16 on the way; here nothing is rounded until the output.
+    """
+    copies = _STEP_COPIES.get()
+    single = query.shape[2] == 1 and key.shape[1] == query.shape[1]
+    if copies is None or not single or module.training:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+        )
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    with torch.autocast(query.device.type, enabled=False):
+        keys, values = copies.get(module, key), copies.get(module, value)
+        scores = torch.matmul(query.float(), keys.transpose(-1, -2)) * scaling
+        if attention_mask is not None:
+            mask = attention_mask[..., : keys.shape[-2]]
+            if mask.dtype == torch.bool:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            else:
+                scores = scores + mask.float()
+        out = torch.matmul(torch.softmax(scores, dim=-1), values).to(query.dtype)
+    return out.transpose(1, 2).contiguous(), None
+
+
+if AttentionInterface is not None:
+    AttentionInterface.register(DECODE_ATTENTION, decode_step_attention)
+    AttentionMaskInterface.register(DECODE_ATTENTION, sdpa_mask)
+
+
 @dataclass(frozen=True)
 class Window:
     """Utterances packed into one window, and where each one sits (seconds)."""
@@ -103,6 +171,7 @@ class Whisper(SpeechModel):
         tokens_per_s: float = 6.0,
         bf16: bool = False,
         loop_repeats: int = 0,
+        decode_attention: str = "sdpa",
     ):
         if layout not in LAYOUTS:
             raise ValueError(f"unknown layout {layout!r}")
@@ -116,6 +185,7 @@ class Whisper(SpeechModel):
         self.tokens_per_s = tokens_per_s  # caps generation: loops stop at a length speech can have
         self.bf16 = bf16  # autocast outside training: decoding, encoder and loss passes
         self.loop_repeats = loop_repeats  # 0: loops run to the tokens_per_s cap
+        self.decode_attention = decode_attention  # 'fp32' or 'sdpa' (ModelConfig)
         gen = model.generation_config
         self.prefix = [gen.decoder_start_token_id, gen.no_timestamps_token_id]
         self.eot = gen.eos_token_id if isinstance(gen.eos_token_id, int) else gen.eos_token_id[0]
@@ -209,7 +279,12 @@ class Whisper(SpeechModel):
         if self.loop_repeats and stop_loops:
             stop = LoopStop(self.loop_repeats, len(self.prefix))
             kwargs["stopping_criteria"] = transformers.StoppingCriteriaList([stop])
-        with _quiet_transformers(), self.autocast():
+        with (
+            _quiet_transformers(),
+            self.autocast(),
+            self._bf16_decoder_weights(),
+            self._fp32_step_attention(),
+        ):
             return self.model.generate(
                 input_features=feats,
                 max_new_tokens=max_new_tokens,
@@ -381,6 +456,55 @@ class Whisper(SpeechModel):
     def autocast(self):
         """bf16 autocast on the model's device when ``bf16`` is set, else nothing."""
         return torch.autocast(self.model.device.type, torch.bfloat16, enabled=self.bf16)
+
+    @contextlib.contextmanager
+    def _bf16_decoder_weights(self) -> Iterator[None]:
+        """With ``bf16``, the decoder's linear layers and the output projection hold bf16
+        copies of their weights while generating: autocast would otherwise round the same
+        weights again at every step (the output projection alone is 51,864 x 384 values, a
+        fifth of a greedy step on a CPU). The rounding is the one autocast does, so the
+        tokens are the same; the fp32 weights are put back after."""
+        if not self.bf16:
+            yield
+            return
+        linears = [m for m in self.model.get_decoder().modules() if isinstance(m, torch.nn.Linear)]
+        linears.append(self.model.get_output_embeddings())
+        saved = []
+        for module in linears:
+            for name in ("weight", "bias"):
+                value = module._parameters.get(name)
+                if value is not None and value.dtype == torch.float32:
+                    saved.append((module, name, value))
+                    module._parameters[name] = torch.nn.Parameter(
+                        value.detach().to(torch.bfloat16), requires_grad=False
+                    )
+        try:
+            yield
+        finally:
+            for module, name, value in saved:
+                module._parameters[name] = value
+
+    @contextlib.contextmanager
+    def _fp32_step_attention(self) -> Iterator[None]:
+        """With ``decode_attention`` 'fp32', each greedy step attends in fp32 matmuls
+        (``decode_step_attention``) while the model generates; its encoder and the first step
+        (the prompt's tokens) stay on SDPA."""
+        config = self.model.config
+        if (
+            self.decode_attention != "fp32"
+            or AttentionInterface is None
+            or config._attn_implementation != "sdpa"
+        ):
+            yield
+            return
+        cross = {id(layer.encoder_attn) for layer in self.model.get_decoder().layers}
+        token = _STEP_COPIES.set(_Fp32Copies(cross))
+        config._attn_implementation = DECODE_ATTENTION
+        try:
+            yield
+        finally:
+            config._attn_implementation = "sdpa"
+            _STEP_COPIES.reset(token)
 
     def text_tokens(self, text: str) -> list[int]:
         """Transcript tokens followed by end of text (Whisper's text starts with a space)."""
