@@ -28,11 +28,13 @@ debian:
 venv: $(VENV)/.installed
 
 # torch is installed in the same pip command, pinned by the constraints file, so that no
-# dependency can pull a newer (CUDA) build.
+# dependency can pull a newer (CUDA) build. --no-compile: pip would otherwise compile every
+# installed module to bytecode (about a minute on 2 cores, most of it never imported); Python
+# compiles what it imports, and caches it unless PYTHONDONTWRITEBYTECODE is set.
 $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -c requirements/constraints.txt "torch==2.13.0" -e ".[dev]"
+	$(VENV)/bin/pip install -q --no-compile -c requirements/constraints.txt "torch==2.13.0" -e ".[dev]"
 	$(VENV)/bin/pip check
 	touch $@
 
@@ -40,7 +42,8 @@ $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 # its time; make compare runs every selector over seeds plus the budget sweep.
 demo: setup
 	$(PY) -m pipeline run recipes/demo.yaml --quick
-	@echo "demo: a quick comparison (rsft and random, one seed; experiment.quick_* in the recipe)."
+	@echo "demo: a quick comparison (rsft and random, one seed, random read on the target test only;"
+	@echo "      experiment.quick_* in the recipe)."
 	@echo "      make compare RECIPE=recipes/demo.yaml trains every selector over 3 seeds plus a budget sweep."
 
 # every stage (each skips what is done), then every selector: wer_filter needs the pool's

@@ -411,6 +411,9 @@ class ExperimentConfig:
     sweep_systems: tuple[str, ...] = ("rsft", "random")
     quick_systems: tuple[str, ...] = ("rsft", "random")
     quick_seeds: tuple[int, ...] = (0,)
+    # --quick: the systems other than rsft (the baselines) are read on these test sets only;
+    # () reads them on every test set. A later run without --quick reads the others
+    quick_baseline_sets: tuple[str, ...] = ()
     # fine-tuned models are evaluated in this layout (the pretrained one in model.layout)
     eval_layout: Literal["standard", "short", "packed"] = "packed"
     # silence between commands in their packed windows; None: the gap they were trained with
@@ -565,6 +568,9 @@ def _check(recipe: Recipe) -> None:
         raise RecipeError("finetune.lora_rank: must be at least 1")
     if ft.guard_set is not None and not ft.eval_every:
         raise RecipeError("finetune.guard_set: needs finetune.eval_every > 0 (it is watched then)")
+    for name in recipe.experiment.quick_baseline_sets:
+        if name not in names:
+            raise RecipeError(f"experiment.quick_baseline_sets: {name!r} is not a prepared set")
     for region, (lo, hi) in prep.noise_regions.items():
         if not 0.0 <= lo < hi <= 1.0:
             raise RecipeError(f"prepare.noise_regions.{region}: need 0 <= start < end <= 1")

@@ -127,6 +127,9 @@ def run(recipe: Recipe, quick: bool = False, timings: dict[str, float] | None = 
     if (recipe.root / "select" / "summary.json").exists():  # make select ran already
         selected.add((recipe.seed, recipe.select.budget))
     eval_recipe = replace(recipe, model=eval_model(recipe))
+    baseline_sets = recipe.experiment.quick_baseline_sets if quick else ()
+    if baseline_sets:
+        log.info("quick: systems other than rsft read %s only", ", ".join(baseline_sets))
     for arm in arms:
         variant = seeded(recipe, arm.seed, arm.budget)
         name, subset = arm.name(recipe), subset_name(recipe, arm)
@@ -141,7 +144,10 @@ def run(recipe: Recipe, quick: bool = False, timings: dict[str, float] | None = 
         timings[f"finetune {name}"] = time.perf_counter() - started
         started = time.perf_counter()
         model_dir = recipe.root / "finetune" / name / "model"
-        evaluate.run(eval_recipe, str(model_dir), name)
+        reader = eval_recipe
+        if baseline_sets and arm.system != "rsft":
+            reader = replace(eval_recipe, evaluate=replace(recipe.evaluate, sets=baseline_sets))
+        evaluate.run(reader, str(model_dir), name)
         timings[f"evaluate {name}"] = time.perf_counter() - started
     started = time.perf_counter()
     results = report.run(recipe)

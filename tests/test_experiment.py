@@ -3,11 +3,14 @@
 import itertools
 import json
 import os
+from dataclasses import replace
 
 import numpy as np
+import pytest
 
 from pipeline import evaluate, experiment, manifest, prepare, resources
 from pipeline.config import load_recipe
+from pipeline.errors import RecipeError
 from tests.factories import ACCENTS, NOISES, TEXTS, fake_scored_set, write_subset
 
 
@@ -72,7 +75,12 @@ def test_quick_experiment_trains_evaluates_and_reports(
                             "name": "test_target",
                             "split": "test",
                             "source": {"kind": "synth", "parts": [{"count": 3, "voices": ["us"]}]},
-                        }
+                        },
+                        {
+                            "name": "test_clean",
+                            "split": "test",
+                            "source": {"kind": "synth", "parts": [{"count": 2, "voices": ["gb"]}]},
+                        },
                     ],
                 },
                 "select": {"budget": 8, "folds": 2, "methods": ["rsft", "random"]},
@@ -85,7 +93,11 @@ def test_quick_experiment_trains_evaluates_and_reports(
                 },
                 "evaluate": {"bootstrap": 20},
                 "report": {"bootstrap": 20, "clean_set": None, "noisy_set": None, "real_set": None},
-                "experiment": {"quick_systems": ["rsft", "random"], "quick_seeds": [0, 1]},
+                "experiment": {
+                    "quick_systems": ["rsft", "random"],
+                    "quick_seeds": [0, 1],
+                    "quick_baseline_sets": ["test_target"],
+                },
             }
         )
     )
@@ -94,6 +106,12 @@ def test_quick_experiment_trains_evaluates_and_reports(
     runs = {p.name for p in (root / "evaluate").iterdir()}
     assert {"pretrained", "rsft", "random", "rsft-s1", "random-s1"} <= runs
     assert (root / "select" / "variants" / "k8-s1" / "rsft" / "subset.parquet").exists()
+    # quick: rsft (and the pretrained model) read every test set, the baselines the target's
+    for run in ("pretrained", "rsft", "rsft-s1"):
+        assert (root / "evaluate" / run / "test_clean" / "wer.json").exists(), run
+    for run in ("random", "random-s1"):
+        assert (root / "evaluate" / run / "test_target" / "wer.json").exists(), run
+        assert not (root / "evaluate" / run / "test_clean").exists(), run
     first = json.loads((root / "finetune" / "rsft" / "train_log.json").read_text())
     other = json.loads((root / "finetune" / "rsft-s1" / "train_log.json").read_text())
     assert first["subset_sha256"] != other["subset_sha256"]  # another seed, another draw
@@ -110,6 +128,15 @@ def test_quick_experiment_trains_evaluates_and_reports(
     stamp = (root / "finetune" / "rsft" / "model" / "model.safetensors").stat().st_mtime_ns
     experiment.run(recipe, quick=True)  # a second run reuses what is done
     assert (root / "finetune" / "rsft" / "model" / "model.safetensors").stat().st_mtime_ns == stamp
+    assert not (root / "evaluate" / "random" / "test_clean").exists()
+    # the full comparison reads the baselines' other sets, training nothing again
+    full = replace(recipe, experiment=replace(recipe.experiment, systems=("rsft", "random")))
+    full = replace(full, experiment=replace(full.experiment, seeds=(0,), sweep_budgets=()))
+    experiment.run(full)
+    assert (root / "evaluate" / "random" / "test_clean" / "wer.json").exists()
+    assert (root / "finetune" / "rsft" / "model" / "model.safetensors").stat().st_mtime_ns == stamp
+    with pytest.raises(RecipeError, match="quick_baseline_sets: 'nope'"):
+        load_recipe(write_recipe({"experiment": {"quick_baseline_sets": ["nope"]}}))
 
 
 def test_run_all_runs_the_stages_in_order_and_times_them(write_recipe, monkeypatch, capsys):
