@@ -31,7 +31,7 @@ from pathlib import Path
 import harness
 import numpy as np
 import pandas as pd
-from harness import add_arguments, command_line, demo_recipe, manifest_path, setup
+from harness import add_arguments, command_line, demo_recipe, gap_text, manifest_path, setup
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -116,11 +116,7 @@ def print_table(figures: dict) -> None:
         for arm, r in s["arms"].items():
             gap = ""
             if "delta" in r:
-                low, high = r["delta_95ci"]
-                gap = (
-                    f"{100 * r['delta']:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}] p "
-                    f"{r['p']:.2f}, {r['speed_vs_fp32']:.2f}x"
-                )
+                gap = f"{gap_text(r)}, {r['speed_vs_fp32']:.2f}x"
             print(
                 f"{name:>16} {s['layout']:>9} {arm:>5} {100 * r['wer']:7.2f} "
                 f"{r['decode_s']:9.1f}  {gap}"

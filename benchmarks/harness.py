@@ -66,6 +66,13 @@ def manifest_path(data_root: Path, name: str) -> Path:
     return need(data_root / "prepare" / "manifests" / f"{name}.parquet", "prepare")
 
 
+def gap_text(row: dict) -> str:
+    """A paired difference in points: '+0.85 [-2.35, +3.51] p 0.60' (``delta``,
+    ``delta_95ci`` and ``p`` of a row, as fractions)."""
+    low, high = row["delta_95ci"]
+    return f"{100 * row['delta']:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}] p {row['p']:.2f}"
+
+
 def demo_recipe(data_root: Path, *overrides: str) -> Recipe:
     """recipes/demo.yaml reading ``data_root``, with ``section.key=value`` overrides."""
     return load_recipe(RECIPE, [f"data_dir={data_root}", *overrides])
