@@ -234,9 +234,12 @@ DECODING_FIELDS = ("tokens_per_s", "loop_repeats", "decode_attention")
 @dataclass(frozen=True)
 class ScoreConfig:
     sets: tuple[str, ...] = ()  # default: every 'pool' and 'target' set
-    # embeddings and losses: 'packed' windows keep the model exactly as pretrained at a
-    # fraction of the 30 s cost; hypotheses: 'short' context (commands fit in 8 s)
-    layout: Literal["standard", "short", "packed"] = "packed"
+    # embeddings and losses: 'short' gives each utterance a window of its own (the encoder
+    # context cut to model.context_s; longer utterances get 30 s), so its scores depend on
+    # nothing else in the pool: 'packed' windows are faster but an utterance's pooled states
+    # then carry its window neighbours' (cosine 0.31 to its own window's, benchmarks/
+    # RESULTS.md), and neighbours follow the pool's row order. hypotheses: 'short' context
+    layout: Literal["standard", "short", "packed"] = "short"
     decode_layout: Literal["standard", "short", "packed"] = "short"
     hypotheses: bool = True  # greedy transcripts for the wer_filter baseline
     # teacher-forced NLL of each transcript (the 'difficulty' estimator's input); None: only
@@ -266,7 +269,12 @@ class SelectConfig:
     layer: int | None = None
     pca_dim: int | None = None
     beta: float = 1.0  # difficulty tilt exp(beta * loss)
-    # M = max w (exact draws) when None; a quantile of w trades exactness for acceptance, and
+    # rsft's and oracle's draw of `budget` rows: 'fixed_budget' (exact: row x is selected with
+    # probability min(1, c w(x)), c set so that the budget is met; pipeline/fixed_budget.py)
+    # or 'rejection' (accept when u < w/M, in passes until the budget is met: exact only
+    # within the first pass, later passes drift toward low-weight rows)
+    sampler: Literal["fixed_budget", "rejection"] = "fixed_budget"
+    # rejection: M = max w when None; a quantile of w trades exactness for acceptance, and
     # clips most of the mass when the target is rarer than 1 - quantile of the pool
     cap_quantile: float | None = None
     wer_threshold: float = 0.3  # wer_filter keeps utterances at or below this pretrained WER

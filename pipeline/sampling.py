@@ -1,5 +1,9 @@
 """Selectors over a scored pool and the diagnostics every selection writes: plain numpy.
 
+The exact fixed-budget design (the default for rsft and oracle) is in
+``pipeline.fixed_budget``; ``rejection_sample`` is rejection sampling as the method describes
+it, exact only within its first pass.
+
 Weights arrive as log density ratios ``log_w`` aligned with the pool (``-inf`` is weight 0) and
 are only ever exponentiated after subtracting their maximum, so any scale is safe. Selectors
 return a frozen ``Selection``; nothing here reads files or models.
@@ -43,6 +47,10 @@ class Selection:
     clipped_mass: float = 0.0  # sum(w - min(w, M)) / sum(w)
     first_pass_expected: float | None = None
     first_pass_accepted: int | None = None
+    # fixed-budget design: rows with inclusion probability 1, and their share of sum w (the
+    # target mass that cannot get its full share of the budget)
+    certain: int = 0
+    certain_mass: float = 0.0
     notes: tuple[str, ...] = ()
 
     @property

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import manifest, plots, ratios, resources, sampling
+from pipeline import fixed_budget, manifest, plots, ratios, resources, sampling
 from pipeline.config import Recipe, SelectConfig
 from pipeline.errors import UserError
 from pipeline.fsio import atomic_path, stable_seed, write_json, write_text
@@ -39,7 +39,8 @@ def group_keys(frame: pd.DataFrame, columns: tuple[str, ...]) -> list[tuple]:
 
 
 def load_scored(recipe: Recipe, name: str) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
-    """A set's manifest, embeddings and scores, checked to be row-aligned."""
+    """A set's manifest, embeddings and scores, checked to be row-aligned, in id order: the
+    manifest's row order (how the set was generated) must not change a selection."""
     path = recipe.root / "prepare" / "manifests" / f"{name}.parquet"
     out = recipe.root / "score" / name
     if not (out / "done.json").exists():
@@ -49,7 +50,9 @@ def load_scored(recipe: Recipe, name: str) -> tuple[pd.DataFrame, np.ndarray, pd
     scores = pd.read_parquet(out / "scores.parquet")
     if scores["id"].tolist() != frame["id"].tolist():
         raise UserError(f"set {name!r}: scores do not match the manifest (rerun: rsft score)")
-    return frame, emb, scores
+    order = np.argsort(frame["id"].to_numpy(dtype=str), kind="stable")
+    frame = frame.iloc[order].reset_index(drop=True)
+    return frame, emb[order], scores.iloc[order].reset_index(drop=True)
 
 
 def estimate_log_ratio(cfg: SelectConfig, pool_emb, target_emb, pool_groups, loss, rng):
@@ -133,6 +136,8 @@ def run(recipe: Recipe, out: Path | None = None) -> pd.DataFrame:
         diag["selection"] = selection.to_dict()
         diag["target_group_share"] = _target_group_share(pool_groups, selection, target_shares)
         diag["estimators"] = info if method in ("rsft", "importance") else {}
+        if method in ("rsft", "oracle"):
+            diag["design"] = _design_check(method_log_w, selection, pool_groups, cfg.budget)
         if selection.passes > 1 and method == "rsft":
             diag.setdefault("warnings", []).append(
                 f"{selection.passes} passes: later passes are not exact draws from the target"
@@ -153,7 +158,7 @@ def run(recipe: Recipe, out: Path | None = None) -> pd.DataFrame:
 def _select(method, cfg, log_w, pool_groups, target_shares, scores, rng):
     n = len(pool_groups)
     if method == "rsft":
-        return sampling.rejection_sample(log_w, cfg.budget, rng, cfg.cap_quantile), log_w
+        return _sample(cfg, log_w, rng), log_w
     if method == "importance":
         return sampling.importance_sample(log_w, cfg.budget, rng), log_w
     if method == "random":
@@ -165,7 +170,7 @@ def _select(method, cfg, log_w, pool_groups, target_shares, scores, rng):
         if target_shares is None:
             raise UserError("select.methods: 'oracle' needs a target sample with metadata")
         oracle_w, _ = ratios.groups_log_ratio(pool_groups, target_shares)
-        return sampling.rejection_sample(oracle_w, cfg.budget, rng), oracle_w
+        return _sample(cfg, oracle_w, rng), oracle_w
     if method == "wer_filter":
         if scores["wer"].isna().all():
             raise UserError(
@@ -176,6 +181,40 @@ def _select(method, cfg, log_w, pool_groups, target_shares, scores, rng):
         )
         return chosen, np.zeros(n)
     raise UserError(f"select.methods: unknown method {method!r}")
+
+
+def _sample(cfg: SelectConfig, log_w: np.ndarray, rng) -> sampling.Selection:
+    """rsft's and oracle's draw: the exact fixed-budget design, or rejection passes."""
+    if cfg.sampler == "rejection":
+        return sampling.rejection_sample(log_w, cfg.budget, rng, cfg.cap_quantile)
+    return fixed_budget.fixed_budget_sample(log_w, cfg.budget, rng)
+
+
+def _design_check(log_w, selection, pool_groups, budget: int) -> dict:
+    """How the draw's design compares with the exact fixed-budget one, pi = min(1, c w).
+
+    ``inclusion_tv``: total variation between the design's inclusion probabilities
+    (normalised) and the exact ones: 0 for the fixed-budget sampler; for rejection sampling,
+    the drift of 1 - (1 - w/M)^T toward low-weight rows after T passes. Group shares:
+    expected under the exact design (sum of pi per group / K) against the draw's.
+    """
+    w = np.exp(log_w - log_w.max())
+    exact, certain = fixed_budget.inclusion_probabilities(w, budget)
+    if selection.method == "rejection":
+        cap = np.exp(log_w.max() - selection.log_cap) if selection.log_cap is not None else 1.0
+        achieved = fixed_budget.rejection_inclusion(w * cap, selection.passes)
+    else:
+        achieved = exact
+    codes, uniques = sampling.encode_groups(pool_groups)
+    per_group = np.bincount(codes, weights=exact, minlength=len(uniques)) / exact.sum()
+    expected = {g: float(v) for g, v in zip(uniques, per_group, strict=True) if v > 0}
+    drawn = sampling.group_shares(pool_groups, selection.indices)
+    return {
+        "sampler": selection.method,
+        "certain": certain,
+        "inclusion_tv": 0.5 * float(np.abs(achieved / achieved.sum() - exact / exact.sum()).sum()),
+        "tv_drawn_expected": sampling.total_variation(drawn, expected) if drawn else 1.0,
+    }
 
 
 def _target_group_share(pool_groups, selection, target_shares) -> float | None:
@@ -192,7 +231,9 @@ def _summary_row(method: str, selection, diag: dict) -> dict:
         "method": method,
         "selected": selection.size,
         "unique": selection.n_unique,
+        "sampler": selection.method,
         "passes": selection.passes,
+        "certain": selection.certain,
         "acceptance": selection.acceptance_rate,
         "exhausted": selection.exhausted,
         "clipped_mass": selection.clipped_mass,

@@ -12,6 +12,8 @@ import pytest
 from pipeline import prepare, score, select
 from pipeline.config import load_recipe
 from pipeline.errors import UserError
+from pipeline.manifest import read as manifest_read
+from pipeline.manifest import write as manifest_write
 
 
 @pytest.fixture
@@ -182,3 +184,59 @@ def test_two_processes_give_the_single_process_result(scored_recipe, tmp_path):
     np.testing.assert_allclose(two.astype(np.float32), single.astype(np.float32), atol=2e-3)
     table = pd.read_parquet(other / "score" / "pool" / "scores.parquet")
     assert table["id"].tolist() == single_table["id"].tolist()
+
+
+def test_scores_and_selection_ignore_row_order_and_batch_neighbours(
+    write_recipe, tiny_whisper_dir, tmp_path
+):
+    """The pool scored again with its rows permuted, another batch size and other shards:
+    every utterance keeps its embedding and loss, and select draws the same subsets."""
+    synth = {"kind": "synth", "parts": [{"count": 30, "voices": ["us", "caribbean"]}]}
+    target = {"kind": "synth", "text_split": "heldout", "speaker_split": "heldout"}
+    target["parts"] = [{"count": 20, "voices": ["caribbean"]}]
+    data = {
+        "model": {"name": str(tiny_whisper_dir)},
+        "score": {"shard_size": 8, "batch_size": 4, "losses": True, "hypotheses": False},
+        "select": {"budget": 5, "methods": ["rsft", "random"], "folds": 2},
+        "prepare": {
+            "workers": 1,
+            "sets": [
+                {"name": "pool", "split": "pool", "source": synth},
+                {"name": "target", "split": "target", "source": target},
+            ],
+        },
+    }
+    small = load_recipe(write_recipe(data))
+    prepare.run(small)
+    score.run(small)
+    select.run(small)
+    other = replace(
+        small,
+        data_dir=str(tmp_path / "permuted"),
+        score=replace(small.score, batch_size=3, shard_size=5),
+    )
+    other.root.mkdir(parents=True)
+    subprocess.run(["cp", "-r", str(small.root / "prepare"), str(other.root)], check=True)
+    path = other.root / "prepare" / "manifests" / "pool.parquet"
+    frame = manifest_read(path)
+    frame = frame.sample(frac=1.0, random_state=7).reset_index(drop=True)
+    manifest_write(frame, path, root=other.root)
+    score.run(other)
+    select.run(other)
+    for name in ("pool", "target"):
+        emb_a, table_a = read(small, name)
+        emb_b, table_b = read(other, name)
+        at = pd.Index(table_b["id"]).get_indexer(table_a["id"])
+        assert (at >= 0).all()
+        np.testing.assert_allclose(
+            emb_b[at].astype(np.float32), emb_a.astype(np.float32), rtol=0, atol=2e-3
+        )
+        np.testing.assert_allclose(
+            table_b["loss"].to_numpy()[at], table_a["loss"], atol=1e-3, equal_nan=True
+        )
+    for method in ("rsft", "random"):
+        ids = [
+            sorted(pd.read_parquet(r / "select" / method / "subset.parquet")["id"])
+            for r in (small.root, other.root)
+        ]
+        assert ids[0] == ids[1] and len(ids[0]) == 5
