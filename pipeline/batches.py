@@ -17,7 +17,7 @@ from torch.utils.data import Dataset, Sampler
 from pipeline import audio, text
 from pipeline.fsio import stable_seed
 from pipeline.models.base import SAMPLE_RATE, SpeechModel
-from pipeline.models.whisper import CHUNK_S, Whisper
+from pipeline.models.whisper import CHUNK_S, Whisper, Window
 
 
 class Utterances(Dataset):
@@ -182,10 +182,12 @@ class Collator:
         labels: str = "raw",
         gap_s: float | None = None,
         first_fit: bool = False,
+        single_windows: int = 0,
     ):
         self.model, self.layout, self.context_s = model, layout, context_s
         self.normalize = labels == "normalized"
         self.gap_s, self.first_fit = gap_s, first_fit
+        self.single_windows = single_windows  # packed: utterances alone in a window each
 
     def __call__(self, items) -> dict[str, torch.Tensor]:
         items = [x for x in items if x is not None]
@@ -204,7 +206,13 @@ class Collator:
         m = self.model
         if self.layout == "packed":
             # one window per group of utterances, the transcripts in order, one end of text
-            windows = m.pack(waves, self.gap_s, self.first_fit)
+            # the batch's order is random: its first utterances are the ones read alone
+            alone = min(self.single_windows, len(waves) - 1)
+            windows = m.pack(waves[alone:], self.gap_s, self.first_fit)
+            windows = [Window([k + alone for k in w.members], w.spans, w.wave) for w in windows]
+            windows = [
+                Window([k], [(0.0, len(waves[k]) / SAMPLE_RATE)], waves[k]) for k in range(alone)
+            ] + windows
             waves = [w.wave for w in windows]
             tokens = [
                 [t for k in w.members for t in m.text_tokens(texts[k])[:-1]] + [m.eot]

@@ -254,7 +254,20 @@ class SelectConfig:
     pool: str = "pool"  # the labelled pool set
     target: str | None = "target"  # the unlabelled target-sample set
     budget: int = 300  # utterances per subset
-    methods: tuple[str, ...] = ("rsft", "random", "oracle", "full", "wer_filter", "importance")
+    methods: tuple[str, ...] = (
+        "rsft",
+        "random",
+        "oracle",
+        "full",
+        "wer_filter",
+        "importance",
+        "labelled_target",
+        "rsft_labelled",
+    )
+    # a labelled set from the target condition (a user's transcribed target requests, e.g.
+    # the size of dev_target, disjoint from every test set): 'labelled_target' trains on it
+    # alone, 'rsft_labelled' on it plus rsft's draw of the rest of the budget from the pool
+    labelled_set: str | None = None
     # rsft's log-ratio: the sum of these estimators' log-ratios
     estimators: tuple[Literal["classifier", "groups", "difficulty"], ...] = ("classifier",)
     group_columns: tuple[str, ...] = ("accent", "noise", "snr_db")  # groups and diagnostics
@@ -342,6 +355,11 @@ class FinetuneConfig:
     # 'first_fit' places the longest first, each in the first window with room: fuller windows)
     pack_gap_s: float | None = None
     packing: Literal["in_order", "first_fit"] = "first_fit"
+    # packed layout: this many utterances of each batch are trained alone in a 30 s window of
+    # their own, as an assistant hears a request (and as evaluate reads it in the standard
+    # layout): a model that only saw full packed windows reads one command followed by 25 s
+    # of silence worse (recipes/RESULTS.md). Each costs one more window per step
+    single_windows: int = 0
     # utterances are drawn batch_size at a time; with batch_seconds, instead, until their audio
     # reaches that many seconds (a duration budget per batch, so packed windows come out full)
     batch_seconds: float | None = None
@@ -413,7 +431,16 @@ class ExperimentConfig:
     finetune settings at the same budget, over seeds, plus a budget sweep; then evaluate and
     report. ``--quick`` (make demo) runs only the quick_* part."""
 
-    systems: tuple[str, ...] = ("rsft", "random", "oracle", "full", "wer_filter", "importance")
+    systems: tuple[str, ...] = (
+        "rsft",
+        "random",
+        "oracle",
+        "full",
+        "wer_filter",
+        "importance",
+        "labelled_target",
+        "rsft_labelled",
+    )
     seeds: tuple[int, ...] = (0, 1, 2)  # selection draw and training order
     sweep_budgets: tuple[int, ...] = (100, 1000)  # besides select.budget
     sweep_systems: tuple[str, ...] = ("rsft", "random")
@@ -422,8 +449,11 @@ class ExperimentConfig:
     # --quick: the systems other than rsft (the baselines) are read on these test sets only;
     # () reads them on every test set. A later run without --quick reads the others
     quick_baseline_sets: tuple[str, ...] = ()
-    # fine-tuned models are evaluated in this layout (the pretrained one in model.layout)
-    eval_layout: Literal["standard", "short", "packed"] = "packed"
+    # every system, the pretrained model included, is read in this layout: 'standard' is one
+    # request per 30 s window, as an assistant hears it. 'packed' (several test commands per
+    # window, each window's transcript cut by alignment to the joined references) is the
+    # best case for segmentation and is not how a deployed model is read
+    eval_layout: Literal["standard", "short", "packed"] = "standard"
     # silence between commands in their packed windows; None: the gap they were trained with
     # (finetune.pack_gap_s, else model.pack_gap_s). Read with wider gaps than in training, a
     # fine-tuned model ends some windows early and their last commands come out empty
@@ -572,10 +602,15 @@ def _check(recipe: Recipe) -> None:
     ):
         if value is not None and not 0.0 <= value < 30.0:
             raise RecipeError(f"{key}: must be in [0, 30) seconds")
+    if ft.single_windows < 0:
+        raise RecipeError("finetune.single_windows: must be 0 or more")
     if ft.lora_rank < 1:
         raise RecipeError("finetune.lora_rank: must be at least 1")
     if ft.guard_set is not None and not ft.eval_every:
         raise RecipeError("finetune.guard_set: needs finetune.eval_every > 0 (it is watched then)")
+    labelled = recipe.select.labelled_set
+    if labelled is not None and labelled not in names:
+        raise RecipeError(f"select.labelled_set: {labelled!r} is not a prepared set")
     for name in recipe.experiment.quick_baseline_sets:
         if name not in names:
             raise RecipeError(f"experiment.quick_baseline_sets: {name!r} is not a prepared set")

@@ -102,8 +102,8 @@ def record_timings(recipe: Recipe, quick: bool, timings: dict[str, float]) -> No
 
 
 def eval_model(recipe: Recipe) -> ModelConfig:
-    """How the fine-tuned models are read: experiment.eval_layout, and in packed windows the
-    silence between commands that they were trained with (or experiment.eval_pack_gap_s)."""
+    """How every system is read: experiment.eval_layout, and in packed windows the silence
+    between commands that the models were trained with (or experiment.eval_pack_gap_s)."""
     gap = recipe.experiment.eval_pack_gap_s
     if gap is None:
         gap = recipe.finetune.pack_gap_s
@@ -121,12 +121,12 @@ def run(recipe: Recipe, quick: bool = False, timings: dict[str, float] | None = 
     log.info("Experiment %s: %d arm(s)%s", recipe.name, len(arms), " (quick: make demo's)" * quick)
     timings = {} if timings is None else timings
     started = time.perf_counter()
-    evaluate.run(recipe)  # the pretrained model, in the recipe's layout
+    eval_recipe = replace(recipe, model=eval_model(recipe))
+    evaluate.run(eval_recipe)  # the pretrained model, read as every fine-tuned one is
     timings["evaluate pretrained"] = time.perf_counter() - started
     selected: set[tuple[int, int]] = set()
     if (recipe.root / "select" / "summary.json").exists():  # make select ran already
         selected.add((recipe.seed, recipe.select.budget))
-    eval_recipe = replace(recipe, model=eval_model(recipe))
     baseline_sets = recipe.experiment.quick_baseline_sets if quick else ()
     if baseline_sets:
         log.info("quick: systems other than rsft read %s only", ", ".join(baseline_sets))

@@ -93,7 +93,13 @@ def get_dataloaders(
         Utterances(*frames, narrowband_fraction=cfg.narrowband_fraction, seed=seed),
         batch_sampler=batches,
         collate_fn=Collator(
-            model, cfg.layout, context_s, cfg.labels, cfg.pack_gap_s, cfg.packing == "first_fit"
+            model,
+            cfg.layout,
+            context_s,
+            cfg.labels,
+            cfg.pack_gap_s,
+            cfg.packing == "first_fit",
+            cfg.single_windows,
         ),
     )
     return loader, batches
@@ -276,7 +282,7 @@ def training_function(
     return record
 
 
-ADDED_SETTINGS = {"narrowband_fraction": 0.0, "replay_set": None}
+ADDED_SETTINGS = {"narrowband_fraction": 0.0, "replay_set": None, "single_windows": 0}
 
 
 def training_settings(cfg: FinetuneConfig) -> dict:

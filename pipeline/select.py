@@ -16,6 +16,7 @@ by the diagnostics; ``rsft`` sees the target sample's audio embeddings alone.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -119,22 +120,29 @@ def run(recipe: Recipe, out: Path | None = None) -> pd.DataFrame:
         else (np.zeros(len(pool)), {})
     )
     _write_frame(out / "log_ratio.parquet", pd.DataFrame({"id": pool["id"], "log_w": log_w}))
+    labelled = _with_labelled(recipe, pool, pool_groups)
     rows = []
     for method in cfg.methods:
         rng = np.random.default_rng(stable_seed(recipe.seed, "select", method))
         try:
-            selection, method_log_w = _select(
-                method, cfg, log_w, pool_groups, target_shares, scores, rng
-            )
+            if method in LABELLED:
+                selection, method_log_w = _select_labelled(method, cfg, log_w, labelled, rng)
+            else:
+                selection, method_log_w = _select(
+                    method, cfg, log_w, pool_groups, target_shares, scores, rng
+                )
         except UserError as err:
             if method in ("rsft", "random"):
                 raise
             log.warning("select: %s skipped: %s", method, err)  # a baseline missing its inputs
             rows.append({"method": method, "skipped": str(err)})
             continue
-        diag = sampling.diagnostics(method_log_w, selection, pool_groups, target_shares)
+        rows_from, groups_of = pool, pool_groups
+        if method in LABELLED:  # rows past the pool's are the labelled set's
+            rows_from, groups_of = labelled
+        diag = sampling.diagnostics(method_log_w, selection, groups_of, target_shares)
         diag["selection"] = selection.to_dict()
-        diag["target_group_share"] = _target_group_share(pool_groups, selection, target_shares)
+        diag["target_group_share"] = _target_group_share(groups_of, selection, target_shares)
         diag["estimators"] = info if method in ("rsft", "importance") else {}
         if method in ("rsft", "oracle"):
             diag["design"] = _design_check(method_log_w, selection, pool_groups, cfg.budget)
@@ -142,7 +150,7 @@ def run(recipe: Recipe, out: Path | None = None) -> pd.DataFrame:
             diag.setdefault("warnings", []).append(
                 f"{selection.passes} passes: later passes are not exact draws from the target"
             )
-        _write_method(out / method, pool, selection, diag, method_log_w, pool_groups)
+        _write_method(out / method, rows_from, selection, diag, method_log_w, groups_of)
         rows.append(_summary_row(method, selection, diag))
     table = pd.DataFrame(rows)
     for column in ("selected", "unique", "passes"):
@@ -181,6 +189,49 @@ def _select(method, cfg, log_w, pool_groups, target_shares, scores, rng):
         )
         return chosen, np.zeros(n)
     raise UserError(f"select.methods: unknown method {method!r}")
+
+
+LABELLED = ("labelled_target", "rsft_labelled")  # methods that train on select.labelled_set
+
+
+def _with_labelled(recipe: Recipe, pool: pd.DataFrame, pool_groups: list):
+    """The pool with the labelled target-condition set's rows after it, and their groups;
+    None when the recipe names no select.labelled_set."""
+    name = recipe.select.labelled_set
+    if name is None:
+        return None
+    path = recipe.root / "prepare" / "manifests" / f"{name}.parquet"
+    if not path.exists():
+        raise UserError(f"select.labelled_set: no manifest {path} (run: rsft prepare first)")
+    extra = manifest.read(path).sort_values("id", kind="stable").reset_index(drop=True)
+    both = pd.concat([pool, extra], ignore_index=True)
+    return both, pool_groups + group_keys(extra, recipe.select.group_columns)
+
+
+def _select_labelled(method, cfg: SelectConfig, log_w, labelled, rng):
+    """``labelled_target``: the labelled set as it is (a user's transcribed target
+    requests); ``rsft_labelled``: that set plus rsft's fixed-budget draw of the rest of the
+    budget from the pool. Indices count the pool's rows first."""
+    if labelled is None:
+        raise UserError(f"select.methods: {method!r} needs select.labelled_set")
+    n_pool = log_w.size
+    n_extra = len(labelled[0]) - n_pool
+    extra = n_pool + np.arange(n_extra, dtype=np.int64)
+    picked, notes = extra, [f"{n_extra} labelled target-condition rows"]
+    if method == "rsft_labelled" and cfg.budget > n_extra:
+        drawn = _sample(replace(cfg, budget=cfg.budget - n_extra), log_w, rng)
+        picked = np.concatenate([drawn.indices, extra])
+        notes.append(f"{drawn.size} rows of the pool drawn as rsft draws them")
+    both_log_w = np.concatenate([log_w, np.full(n_extra, log_w.max())])
+    selection = sampling.Selection(
+        indices=np.sort(picked),
+        method=method,
+        budget=cfg.budget,
+        n_pool=len(labelled[0]),
+        proposals=int(picked.size),
+        notes=tuple(notes),
+    )
+    return selection, both_log_w
 
 
 def _sample(cfg: SelectConfig, log_w: np.ndarray, rng) -> sampling.Selection:

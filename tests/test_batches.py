@@ -2,8 +2,11 @@
 
 import numpy as np
 import pytest
+import torch
 
-from pipeline.batches import EpochBatches
+from pipeline.batches import Collator, EpochBatches
+from pipeline.config import ModelConfig
+from pipeline.models import loader
 
 DURATIONS = np.random.default_rng(0).uniform(1.0, 6.0, size=97)
 POOL = np.random.default_rng(1).uniform(1.0, 6.0, size=40)
@@ -110,3 +113,24 @@ def test_the_telephone_band_enters_the_training_key_only_when_set():
         **plain,
         "narrowband_fraction": 0.5,
     }
+
+
+def test_single_windows_put_the_first_utterances_of_a_batch_alone(tiny_whisper_dir):
+    """finetune.single_windows: the first k utterances each get a 30 s window of their own
+    (one transcript, one end of text), the rest are packed; nothing is lost or repeated."""
+    model = loader.load(ModelConfig(name=str(tiny_whisper_dir)), tiny_whisper_dir)
+    rng = np.random.default_rng(0)
+    waves = [rng.normal(0, 0.1, 16000 * s).astype(np.float32) for s in (2, 3, 1, 2, 4)]
+    texts = ["turn on the lights", "what time is it", "play some music", "stop", "call mum"]
+    packed = Collator(model, "packed", 8.0)(list(zip(waves, texts, strict=True)))
+    mixed = Collator(model, "packed", 8.0, single_windows=2)(list(zip(waves, texts, strict=True)))
+    assert packed["input_features"].shape[0] == 1
+    assert mixed["input_features"].shape[0] == 3
+    for row, k in enumerate((0, 1)):
+        want = model.text_tokens(texts[k])
+        got = [t for t in mixed["labels"][row].tolist() if t != -100]
+        assert got == want
+    rest = [t for k in (2, 3, 4) for t in model.text_tokens(texts[k])[:-1]] + [model.eot]
+    assert [t for t in mixed["labels"][2].tolist() if t != -100] == rest
+    one = model.features([waves[0]], 30.0)
+    torch.testing.assert_close(mixed["input_features"][0], one[0])

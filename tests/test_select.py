@@ -60,3 +60,39 @@ def test_same_seed_same_subset_and_skipped_baselines(recipe, tmp_path):
 def test_select_needs_scores(write_recipe):
     with pytest.raises(UserError, match="not scored yet"):
         select.run(load_recipe(write_recipe({})))
+
+
+def test_labelled_baselines_train_on_the_labelled_set_and_rsft_fills_the_rest(
+    write_recipe, tmp_path
+):
+    pool = [(a, n) for a in ACCENTS for n in NOISES for _ in range(100)]
+    root = tmp_path / "data"
+    fake_scored_set(root, "pool", pool, np.random.default_rng(1))
+    fake_scored_set(root, "target", [("caribbean", NOISES[2])] * 40, np.random.default_rng(1))
+    fake_scored_set(root, "labelled", [("caribbean", NOISES[2])] * 25, np.random.default_rng(2))
+    synth = {"kind": "synth", "parts": [{"count": 25, "voices": ["caribbean"]}]}
+    recipe = load_recipe(
+        write_recipe(
+            {
+                "prepare": {"sets": [{"name": "labelled", "split": "dev", "source": synth}]},
+                "select": {
+                    "budget": 60,
+                    "folds": 3,
+                    "labelled_set": "labelled",
+                    "methods": ["rsft", "random", "labelled_target", "rsft_labelled"],
+                },
+            }
+        )
+    )
+    table = select.run(recipe).set_index("method")
+    out = recipe.root / "select"
+    alone = manifest.read(out / "labelled_target" / "subset.parquet")
+    assert sorted(alone["id"]) == [f"labelled-{i:05d}" for i in range(25)]
+    both = manifest.read(out / "rsft_labelled" / "subset.parquet")
+    assert len(both) == 60 and both["count"].eq(1).all()
+    assert set(alone["id"]) <= set(both["id"])
+    from_pool = both[~both["id"].isin(alone["id"])]
+    assert len(from_pool) == 35 and from_pool["id"].str.startswith("pool-").all()
+    assert table.loc["rsft_labelled", "target_group_share"] > 25 / 60
+    with pytest.raises(Exception, match="labelled_set"):
+        load_recipe(write_recipe({"select": {"labelled_set": "nowhere"}}))
