@@ -422,7 +422,8 @@ class ReportConfig:
     noisy_set: str | None = "test_noisy"  # noisy speech: WER per SNR, 0 dB apart
     real_set: str | None = "asterisk_test"  # real human speech: forgetting
     reference: str = "rsft"  # system tested against every other one (paired bootstrap)
-    bootstrap: int = 1000  # resamples for intervals and paired tests
+    # resamples for intervals and paired tests (over speakers, and seeds); p floor 1/(B+1)
+    bootstrap: int = 10000
 
 
 @dataclass(frozen=True)
@@ -449,6 +450,9 @@ class ExperimentConfig:
     # --quick: the systems other than rsft (the baselines) are read on these test sets only;
     # () reads them on every test set. A later run without --quick reads the others
     quick_baseline_sets: tuple[str, ...] = ()
+    # --quick: every system, the pretrained model included, is read on these test sets only
+    # (() reads every test set); a later run without --quick reads the others
+    quick_sets: tuple[str, ...] = ()
     # every system, the pretrained model included, is read in this layout: 'standard' is one
     # request per 30 s window, as an assistant hears it. 'packed' (several test commands per
     # window, each window's transcript cut by alignment to the joined references) is the
@@ -611,9 +615,10 @@ def _check(recipe: Recipe) -> None:
     labelled = recipe.select.labelled_set
     if labelled is not None and labelled not in names:
         raise RecipeError(f"select.labelled_set: {labelled!r} is not a prepared set")
-    for name in recipe.experiment.quick_baseline_sets:
-        if name not in names:
-            raise RecipeError(f"experiment.quick_baseline_sets: {name!r} is not a prepared set")
+    for key in ("quick_baseline_sets", "quick_sets"):
+        for name in getattr(recipe.experiment, key):
+            if name not in names:
+                raise RecipeError(f"experiment.{key}: {name!r} is not a prepared set")
     for region, (lo, hi) in prep.noise_regions.items():
         if not 0.0 <= lo < hi <= 1.0:
             raise RecipeError(f"prepare.noise_regions.{region}: need 0 <= start < end <= 1")

@@ -137,17 +137,20 @@ def evaluate_set(
     per["reference_norm"], per["hypothesis_norm"] = refs, outs
     write_outputs(per, out)
     rng = np.random.default_rng(recipe.seed)
+    clusters, unit = metrics.error_clusters(per)  # errors cluster by speaker
+    n_boot = recipe.evaluate.bootstrap
     low, high = metrics.bootstrap_ci(
-        per["errors"].to_numpy(), per["ref_words"].to_numpy(), rng, recipe.evaluate.bootstrap
+        per["errors"].to_numpy(), per["ref_words"].to_numpy(), rng, n_boot, clusters=clusters
     )
     by = [c for c in recipe.evaluate.group_by if c in per.columns]
-    groups = metrics.group_table(per, by, rng, recipe.evaluate.bootstrap)
+    groups = metrics.group_table(per, by, rng, n_boot, clusters=clusters)
     write_text(out / "summary.txt", format_table(groups, by) + "\n")
     return {
         "utterances": len(per),
         "wer": metrics.wer(per),
         "wer_low": low,
         "wer_high": high,
+        "interval_over": unit,
         "cer": metrics.cer(per),
         "groups": groups.to_dict(orient="records"),
         "rejects": rejects,
@@ -346,11 +349,13 @@ def _compare_nll(run_a: Path, run_b: Path, rng, n_boot: int) -> list[dict]:
 def _paired_rates(path_a: Path, path_b: Path, count: str, total: str, rng, n_boot: int):
     """(utterances, rate A, rate B, paired bootstrap of B - A) for a per-utterance ``count``
     over ``total`` (errors over reference words, NLL over tokens), on the ids both hold."""
-    a = pd.read_parquet(path_a)[["id", count, total]]
+    a = pd.read_parquet(path_a)
+    a = a[[c for c in ("id", count, total, "speaker") if c in a.columns]]
     b = pd.read_parquet(path_b)[["id", count]]
     both = a.merge(b, on="id", suffixes=("_a", "_b"))
     x_a, x_b, n = (both[c].to_numpy() for c in (f"{count}_a", f"{count}_b", total))
-    test = metrics.paired_bootstrap(x_a, x_b, n, rng, n_boot)
+    clusters, _ = metrics.error_clusters(both)  # resample speakers, as the report does
+    test = metrics.paired_bootstrap(x_a, x_b, n, rng, n_boot, clusters=clusters)
     return len(both), x_a.sum() / n.sum(), x_b.sum() / n.sum(), test
 
 

@@ -122,6 +122,10 @@ def run(recipe: Recipe, quick: bool = False, timings: dict[str, float] | None = 
     timings = {} if timings is None else timings
     started = time.perf_counter()
     eval_recipe = replace(recipe, model=eval_model(recipe))
+    if quick and recipe.experiment.quick_sets:
+        sets = recipe.experiment.quick_sets
+        eval_recipe = replace(eval_recipe, evaluate=replace(recipe.evaluate, sets=sets))
+        log.info("quick: every system reads %s only", ", ".join(sets))
     evaluate.run(eval_recipe)  # the pretrained model, read as every fine-tuned one is
     timings["evaluate pretrained"] = time.perf_counter() - started
     selected: set[tuple[int, int]] = set()
@@ -146,7 +150,9 @@ def run(recipe: Recipe, quick: bool = False, timings: dict[str, float] | None = 
         model_dir = recipe.root / "finetune" / name / "model"
         reader = eval_recipe
         if baseline_sets and arm.system != "rsft":
-            reader = replace(eval_recipe, evaluate=replace(recipe.evaluate, sets=baseline_sets))
+            reader = replace(
+                eval_recipe, evaluate=replace(eval_recipe.evaluate, sets=baseline_sets)
+            )
         evaluate.run(reader, str(model_dir), name)
         timings[f"evaluate {name}"] = time.perf_counter() - started
     started = time.perf_counter()

@@ -3,8 +3,12 @@
 Reads only files earlier stages wrote under ``<data_dir>/`` and writes ``<data_dir>/report/``:
   report.md          tables and figures (``figures/*.png`` beside it)
   report.html        the same, self-contained: figures inlined as base64 PNG, no external links
-  results.json       the comparison table, paired tests, budget sweep with its paired tests
-                     per budget, selection summary and every skipped input with its reason
+  results.json       the comparison table (each system with the layout its target set was read
+                     in), paired tests per seed and pooled over seeds (Holm-corrected per
+                     table), the reference against random (``versus_random``), budget sweep
+                     with its paired tests per budget, tables mixing layouts
+                     (``layout_mismatch``), selection summary and every skipped input with its
+                     reason
   figures/*.png
 
 Evaluate runs (``evaluate/<run>/``) are named by one convention (``report_stats.parse_run_name``):
@@ -26,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline import report_compare as compare
 from pipeline import report_doc as doc
 from pipeline import report_plots
 from pipeline import report_stats as stats
@@ -88,9 +93,7 @@ def load_runs(recipe: Recipe, roles: dict[str, str], skips: Skips) -> list[stats
                 continue
             frame = pd.read_parquet(table)
             run.sets[role] = frame[[c for c in stats.COLUMNS if c in frame.columns]]
-            if (path / name / "wer.json").exists():
-                result = read_json(path / name / "wer.json")
-                run.intervals[role] = (result["wer_low"], result["wer_high"])
+            run.layouts[role] = read_layout(path, name)
         runs[key] = run
     if other:
         skips.add(
@@ -98,6 +101,19 @@ def load_runs(recipe: Recipe, roles: dict[str, str], skips: Skips) -> list[stats
             "name is not `pretrained` or `<system>[-k<budget>][-s<seed>]`",
         )
     return sorted(runs.values(), key=lambda r: r.name)
+
+
+def read_layout(run: Path, name: str) -> str | None:
+    """The layout a run read set ``name`` in: the set's wer.json, else the set's row of the
+    run's wer.json, else the run's layout; None when none says (an older evaluate)."""
+    own = run / name / "wer.json"
+    if own.exists() and (found := read_json(own).get("layout")):
+        return found
+    if not (run / "wer.json").exists():
+        return None
+    summary = read_json(run / "wer.json")
+    rows = [r for r in summary.get("sets", []) if r.get("set") == name and r.get("layout")]
+    return rows[0]["layout"] if rows else summary.get("layout")
 
 
 def load_selection(folder: Path, skips: Skips) -> dict | None:
@@ -180,6 +196,36 @@ def selection_blocks(found: dict) -> list:
     return blocks
 
 
+def test_blocks(results: dict) -> list:
+    """The paired tests of the reference: pooled over seeds, then per seed, each table with how
+    it was computed."""
+    ref, boot, blocks = results["reference"], results["bootstrap"], []
+    method = (
+        f"{boot['resamples']} resamples; p two-sided, (1 + k) / (1 + resamples), so no p falls "
+        f"below {doc.pval(boot['p_floor'])}"
+    )
+    if table := doc.pooled(results):
+        n = compare.family_size(results["pooled"])
+        blocks += [doc.Heading(f"{ref} against each system, pooled over seeds"), table]
+        text = (
+            f"Seed-mean WER on the target test set, utterances matched by id: a paired "
+            "hierarchical bootstrap that resamples seed pairs and speakers, the same speakers "
+            f"for both systems ({method}). Relative: {ref} / other - 1. p (Holm): "
+            f"Holm-corrected over {n} comparisons."
+        )
+        blocks.append(doc.Para(text))
+    if table := doc.paired(results):
+        n = compare.family_size(results["paired"])
+        blocks += [doc.Heading(f"Paired bootstrap per seed: {ref} against each system"), table]
+        text = (
+            f"On the target test set, utterances matched by id, per seed, speakers resampled "
+            f"({method}); negative differences favour {ref}. p (Holm): Holm-corrected over "
+            f"{n} comparisons."
+        )
+        blocks.append(doc.Para(text))
+    return blocks
+
+
 def build(recipe: Recipe, results: dict, runs: list, found: dict | None, logs: dict) -> list:
     """The report's blocks, in reading order."""
     ref, roles = results["reference"], results["sets"]
@@ -188,8 +234,9 @@ def build(recipe: Recipe, results: dict, runs: list, found: dict | None, logs: d
             f"{recipe.description or recipe.name}. Budget {results['budget']} utterances per "
             f"subset; test sets: {', '.join(f'{r} = `{s}`' for r, s in roles.items())}. WER in "
             "%, mean over seeds with the range (min-max) in brackets; the target interval is a "
-            "95% utterance bootstrap of the seed mean."
+            "95% bootstrap of the seed mean that resamples seeds and speakers."
         ),
+        *doc.layout_warnings(results),
         doc.Heading("Comparison"),
     ]
     if results["systems"]:
@@ -200,14 +247,7 @@ def build(recipe: Recipe, results: dict, runs: list, found: dict | None, logs: d
         if panels:
             png = report_plots.system_bars(results["systems"], panels)
             blocks.append(doc.Figure("systems", png, "WER per system (bars: seed mean)"))
-    if table := doc.paired(results):
-        blocks += [doc.Heading(f"Paired bootstrap: {ref} against each system"), table]
-        blocks.append(
-            doc.Para(
-                f"On the target test set, utterances matched by id, per seed; "
-                f"negative differences favour {ref}."
-            )
-        )
+    blocks += test_blocks(results)
     for key, label, title, order in (
         ("clean_by_accent", "", "Clean speech per accent (WER %)", None),
         ("noisy_by_snr", "dB", "Noisy speech per SNR (WER %)", stats.snr_order),
@@ -237,14 +277,27 @@ def build(recipe: Recipe, results: dict, runs: list, found: dict | None, logs: d
             doc.Figure("sweep", png, "Target WER by budget"),
         ]
         if tests := doc.paired(results, "sweep_tests"):
-            note = f"{ref} against each system of the same budget and seed, paired as above."
-            blocks += [tests, doc.Para(note)]
+            n = compare.family_size(results["sweep_tests"])
+            note = f"{ref} against each system of the same budget and seed, paired as above; "
+            blocks += [tests, doc.Para(note + f"p (Holm): Holm-corrected over {n} comparisons.")]
     if found is not None:
         blocks += selection_blocks(found)
     if logs:
         png = report_plots.training_curves(logs)
         blocks += [doc.Heading("Training"), doc.Figure("training", png, "Loss and dev WER per run")]
     return blocks
+
+
+def bootstrap_settings(n_boot: int) -> dict:
+    """How results.json's intervals and tests were computed, for its readers."""
+    return {
+        "resamples": n_boot,
+        "p_floor": 1 / (n_boot + 1),  # the smallest p a bootstrap of n_boot resamples can give
+        "level": 0.95,
+        "clusters": "speaker (utterances that share a packed window join), else utterance",
+        "seeds": "resampled: hierarchical over seeds and speakers for seed means",
+        "correction": "Holm, over the tests of one table",
+    }
 
 
 def _strict_json(value):
@@ -279,11 +332,15 @@ def run(recipe: Recipe) -> dict:
         "budget": recipe.select.budget,
         "sets": roles,
         "reference": cfg.reference,
+        "bootstrap": bootstrap_settings(cfg.bootstrap),
         "systems": stats.systems_table(runs, rng, cfg.bootstrap),
-        "paired": stats.paired_tests(runs, cfg.reference, rng, cfg.bootstrap, skips.add),
+        "paired": compare.paired_tests(runs, cfg.reference, rng, cfg.bootstrap, skips.add),
+        "pooled": compare.pooled_tests(runs, cfg.reference, rng, cfg.bootstrap),
         "sweep": stats.sweep_table(runs),
-        "sweep_tests": stats.sweep_tests(runs, cfg.reference, rng, cfg.bootstrap),
+        "sweep_tests": compare.sweep_tests(runs, cfg.reference, rng, cfg.bootstrap),
     }
+    results["versus_random"] = compare.versus(results["pooled"], "random")
+    results["layout_mismatch"] = compare.layout_mismatch(results)
     found = load_selection(recipe.root / "select", skips)
     results["selection"] = found["summary"] if found else None
     blocks = build(recipe, results, runs, found, load_train_logs(recipe.root, runs, skips))

@@ -36,7 +36,7 @@ class Table:
         return column > 0 and all(_NUMERIC.fullmatch(row[column]) for row in self.rows)
 
 
-_NUMERIC = re.compile(r"[-+\d.,()\[\] ]+")
+_NUMERIC = re.compile(r"[-+\d.,()\[\] %e]+")
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,24 @@ Block = Heading | Para | Table | Figure
 
 def pct(value: float | None) -> str:
     return "-" if value is None or np.isnan(value) else f"{100 * value:.1f}"
+
+
+def pval(value: float | None) -> str:
+    """A p-value: three decimals, or two significant digits below 0.001 (a 10,000-resample
+    bootstrap resolves p down to 1e-4)."""
+    if value is None or np.isnan(value):
+        return "-"
+    return f"{value:.3f}" if value >= 0.001 else f"{value:.1e}"
+
+
+def signed(value: float | None, low: float | None, high: float | None, unit: str = "") -> str:
+    """A signed difference in % points (in % with unit '%') with its interval."""
+    mid, low, high = (np.nan if v is None else 100 * v for v in (value, low, high))
+    if np.isnan(mid):
+        return "-"
+    if np.isnan(low) or np.isnan(high):
+        return f"{mid:+.1f}{unit}"
+    return f"{mid:+.1f}{unit} [{low:+.1f}, {high:+.1f}]"
 
 
 def cell(stat: dict | None) -> str:
@@ -73,6 +91,7 @@ def comparison(results: dict) -> Table:
     rows = []
     for system in results["systems"]:
         wer, row = system["wer"], [system["system"], _seeds(system["seeds"])]
+        row.append(system.get("layout") or "-")
         for key, _ in columns:
             stat = wer.get("target") if key == "target_range" else wer.get(key)
             if key == "target" and stat is not None:
@@ -82,7 +101,7 @@ def comparison(results: dict) -> Table:
             else:
                 row.append(cell(stat))
         rows.append(row)
-    return Table(["system", "seeds"] + [t for _, t in columns], rows)
+    return Table(["system", "seeds", "layout"] + [t for _, t in columns], rows)
 
 
 def _seeds(seeds: list[int]) -> str:
@@ -103,27 +122,76 @@ def by_group(results: dict, key: str, label: str, order=None) -> Table | None:
 
 
 def paired(results: dict, key: str = "paired") -> Table | None:
-    """The paired tests (``key``: 'paired', or 'sweep_tests' with a budget column)."""
+    """The paired tests per seed (``key``: 'paired', or 'sweep_tests' with a budget column)."""
     if not results.get(key):
         return None
     ref = results["reference"]
     budget = key == "sweep_tests"
     rows = [
-        [
-            p["system"],
-            *([str(p["budget"])] if budget else []),
-            str(p["seed"]),
-            pct(p["wer"]),
-            pct(p["other_wer"]),
-            f"{100 * p['delta']:+.1f} [{100 * p['low']:+.1f}, {100 * p['high']:+.1f}]",
-            f"{p['p_value']:.3f}",
-            str(p["utterances"]),
-        ]
+        [p["system"], *([str(p["budget"])] if budget else []), str(p["seed"])] + _test_cells(p)
         for p in results[key]
     ]
-    header = ["against", *(["budget"] if budget else []), "seed", f"{ref} WER %", "other WER %"]
-    header += [f"{ref} - other [95% CI]"]
-    return Table(header + ["p", "utterances"], rows)
+    header = ["against", *(["budget"] if budget else []), "seed"]
+    return Table(header + _test_header(ref), rows)
+
+
+def pooled(results: dict) -> Table | None:
+    """The tests pooled over seeds: one row per system the reference is compared with."""
+    if not results.get("pooled"):
+        return None
+    rows = [[p["system"], _seeds(p["seeds"])] + _test_cells(p) for p in results["pooled"]]
+    return Table(["against", "seeds"] + _test_header(results["reference"]), rows)
+
+
+def _test_header(ref: str) -> list[str]:
+    wers = [f"{ref} WER %", "other WER %", f"{ref} - other [95% CI]", "relative [95% CI]"]
+    return wers + ["p", "p (Holm)", "utterances", "clusters", "layout"]
+
+
+def _test_cells(p: dict) -> list[str]:
+    """A test's cells: WERs, difference and relative difference with intervals, p-values,
+    size, and the layout (flagged where the two systems were read in different ones)."""
+    read_in = p["layout"] or "unknown"
+    if not p["comparable"]:
+        read_in = f"NOT COMPARABLE: {read_in} vs {p['other_layout'] or 'unknown'}"
+    return [
+        pct(p["wer"]),
+        pct(p["other_wer"]),
+        signed(p["delta"], p["low"], p["high"]),
+        signed(p["relative"], p["relative_low"], p["relative_high"], "%"),
+        pval(p["p_value"]),
+        pval(p["p_holm"]),
+        str(p["utterances"]),
+        f"{p['clusters']} {p['cluster_unit']}s",
+        read_in,
+    ]
+
+
+_TABLE_NAMES = {
+    "systems": "comparison",
+    "paired": "paired per seed",
+    "pooled": "pooled over seeds",
+    "sweep": "budget sweep",
+    "sweep_tests": "budget sweep tests",
+}
+
+
+def layout_warnings(results: dict) -> list[Para]:
+    """One warning line per table whose systems were read in different layouts."""
+    lines = []
+    for found in results.get("layout_mismatch", []):
+        by_layout: dict[str, list[str]] = {}
+        for system, layout in found["layouts"].items():
+            by_layout.setdefault(layout or "unknown", []).append(system)
+        listed = "; ".join(f"{lay}: {', '.join(s)}" for lay, s in sorted(by_layout.items()))
+        lines.append(
+            Para(
+                f"Warning: the {_TABLE_NAMES[found['table']]} table mixes layouts ({listed}). "
+                "WERs read in different layouts are not comparable; tests between them are "
+                "marked NOT COMPARABLE (`comparable: false` in results.json)."
+            )
+        )
+    return lines
 
 
 def sweep(results: dict) -> Table | None:

@@ -1,4 +1,5 @@
-"""The numbers of the report: run names, WER per test-set role over seeds, paired tests.
+"""The numbers of the report: run names, WER per test-set role over seeds, the bootstrap
+clusters, and the layout each system was read in (paired tests: ``report_compare``).
 
 Plain pandas and numpy over per-utterance error tables (``evaluate``'s ``utterances.parquet``);
 nothing here reads files. WERs are fractions of reference words, as in ``wer.json``.
@@ -7,7 +8,6 @@ nothing here reads files. WERs are fractions of reference words, as in ``wer.jso
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,7 +15,17 @@ import pandas as pd
 
 from pipeline import metrics
 
-SYSTEMS = ("rsft", "random", "oracle", "full", "wer_filter", "importance")  # select methods
+# select methods that train a system (config.SelectConfig.methods)
+SYSTEMS = (
+    "rsft",
+    "random",
+    "oracle",
+    "full",
+    "wer_filter",
+    "importance",
+    "labelled_target",
+    "rsft_labelled",
+)
 BUDGETLESS = ("full",)  # trains on the whole pool: no point on the budget sweep
 PRETRAINED = "pretrained"
 ROLES = ("target", "clean", "noisy", "real")  # test set roles, named in ReportConfig
@@ -57,10 +67,10 @@ class Run:
     name: str
     key: RunName
     sets: dict[str, pd.DataFrame] = field(default_factory=dict)  # role -> utterance errors
-    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # from wer.json
+    layouts: dict[str, str | None] = field(default_factory=dict)  # role -> layout it was read in
 
 
-COLUMNS = ["id", "errors", "ref_words", "accent", "noise", "snr_db"]  # read from utterances
+COLUMNS = ["id", "errors", "ref_words", "speaker", "window", "accent", "noise", "snr_db"]
 
 
 def snr_label(value) -> str:
@@ -121,20 +131,42 @@ def aggregate(per_seed: list[dict]) -> dict:
     return out
 
 
+def clusters(frame: pd.DataFrame) -> tuple[np.ndarray, str]:
+    """Bootstrap clusters of a per-utterance table and their unit (metrics.error_clusters)."""
+    return metrics.error_clusters(frame)
+
+
+def matched(tables: list[pd.DataFrame]) -> tuple[pd.DataFrame, np.ndarray]:
+    """The utterances every table holds, matched by id: the first table's columns (its
+    ``errors`` dropped), each table's ``window`` as ``window_<i>``, and the errors as a
+    (tables, utterances) matrix."""
+    merged = tables[0].drop(columns=["errors", "window"], errors="ignore")
+    for i, table in enumerate(tables):
+        kept = table[[c for c in ("id", "errors", "window") if c in table.columns]]
+        merged = merged.merge(
+            kept.rename(columns={"errors": f"e{i}", "window": f"window_{i}"}), on="id"
+        )
+    errors = merged[[f"e{i}" for i in range(len(tables))]].to_numpy(float).T
+    return merged.drop(columns=[f"e{i}" for i in range(len(tables))]), errors
+
+
 def seed_mean_interval(runs: list[Run], role: str, rng, n_boot: int) -> tuple[float, float]:
-    """95% interval of the seed-mean WER: one seed's from its wer.json, several seeds' by an
-    utterance bootstrap of the errors averaged over seeds (utterances matched by id)."""
+    """95% interval of the seed-mean WER: a hierarchical bootstrap over the runs' seeds and
+    the test set's speakers (``clusters``), on the utterances every run scored."""
     have = [r for r in runs if role in r.sets]
-    if len(have) == 1 and role in have[0].intervals:
-        return have[0].intervals[role]
     if not have:
         return (float("nan"), float("nan"))
-    merged = have[0].sets[role][["id", "ref_words", "errors"]].rename(columns={"errors": "e0"})
-    for i, run in enumerate(have[1:], start=1):
-        other = run.sets[role][["id", "errors"]].rename(columns={"errors": f"e{i}"})
-        merged = merged.merge(other, on="id")
-    errors = merged[[f"e{i}" for i in range(len(have))]].to_numpy(float).mean(axis=1)
-    return metrics.bootstrap_ci(errors, merged["ref_words"].to_numpy(), rng, n_boot)
+    merged, errors = matched([r.sets[role] for r in have])
+    codes, _ = clusters(merged)
+    return metrics.seed_bootstrap_ci(
+        errors, merged["ref_words"].to_numpy(), rng, n_boot, clusters=codes
+    )
+
+
+def layout(runs: list[Run], role: str = "target") -> str | None:
+    """The layout ``runs`` read the role's set in ("a, b" when they differ; None unknown)."""
+    found = sorted({r.layouts.get(role) or "unknown" for r in runs if role in r.sets})
+    return None if found in ([], ["unknown"]) else ", ".join(found)
 
 
 def systems_table(runs: list[Run], rng, n_boot: int) -> list[dict]:
@@ -155,74 +187,11 @@ def systems_table(runs: list[Run], rng, n_boot: int) -> list[dict]:
                 "seeds": [r.key.seed for r in members if r.key.seed is not None],
                 # full trains on the whole pool, whatever select.budget says
                 "budget": None if system in BUDGETLESS else members[0].key.budget,
+                "layout": layout(members),
                 "wer": wers,
             }
         )
     return rows
-
-
-def paired_tests(
-    runs: list[Run], reference: str, rng, n_boot: int, skip: Callable[[str, str], None]
-) -> list[dict]:
-    """Paired bootstrap on the target test set of ``reference`` against each other system, per
-    seed, utterances matched by id (the pretrained run pairs with every seed of ``reference``).
-    ``delta`` = WER(reference) - WER(other): negative where ``reference`` is better. Runs
-    without a seed mate are reported through ``skip(what, reason)``."""
-    main = [r for r in runs if not r.key.sweep and "target" in r.sets]
-    ours = [r for r in main if r.key.system == reference]
-    if not ours:
-        skip("paired tests", f"no {reference} run was evaluated on the target set")
-        return []
-    rows = []
-    for other in main:
-        if other.key.system == reference:
-            continue
-        mates = [r for r in ours if other.key.seed is None or r.key.seed == other.key.seed]
-        if not mates:
-            skip(f"paired test against {other.name}", f"no {reference} run with its seed")
-        rows += [_paired(mine, other, rng, n_boot) for mine in mates]
-    return rows
-
-
-def sweep_tests(runs: list[Run], reference: str, rng, n_boot: int) -> list[dict]:
-    """When any run is a sweep point: the paired bootstrap on the target test set of
-    ``reference`` against each other system at each budget, per seed (runs of the same budget
-    and seed pair up; the recipe's budget included). Rows as ``paired_tests``' plus ``budget``."""
-    tuned = [
-        r for r in runs if r.key.system not in (PRETRAINED, *BUDGETLESS) and "target" in r.sets
-    ]
-    if not any(r.key.sweep for r in tuned):
-        return []
-    rows = []
-    for budget in sorted({r.key.budget for r in tuned}):
-        at = [r for r in tuned if r.key.budget == budget]
-        for mine in (r for r in at if r.key.system == reference):
-            for other in at:
-                if other.key.system != reference and other.key.seed == mine.key.seed:
-                    rows.append({"budget": budget, **_paired(mine, other, rng, n_boot)})
-    return sorted(rows, key=lambda r: (SYSTEMS.index(r["system"]), r["budget"], r["seed"]))
-
-
-def _paired(mine: Run, other: Run, rng, n_boot: int) -> dict:
-    """Paired bootstrap of ``mine`` against ``other`` on the target set, matched by id."""
-    both = mine.sets["target"].merge(other.sets["target"], on="id", suffixes=("", "_o"))
-    test = metrics.paired_bootstrap(
-        both["errors_o"].to_numpy(),
-        both["errors"].to_numpy(),
-        both["ref_words"].to_numpy(),
-        rng,
-        n_boot,
-    )
-    return {
-        "system": other.key.system,
-        "seed": mine.key.seed,
-        "run": mine.name,
-        "other_run": other.name,
-        "utterances": len(both),
-        "wer": metrics.wer(both),
-        "other_wer": metrics.wer(both.assign(errors=both["errors_o"])),
-        **test,
-    }
 
 
 def sweep_table(runs: list[Run]) -> list[dict]:
@@ -241,6 +210,7 @@ def sweep_table(runs: list[Run]) -> list[dict]:
                 "system": SYSTEMS[index],
                 "budget": budget,
                 "runs": [r.name for r in members],
+                "layout": layout(members),
                 "target": spread([metrics.wer(r.sets["target"]) for r in members]),
             }
         )

@@ -37,16 +37,18 @@ def test_plan_names_runs_as_the_report_reads_them(write_recipe):
     assert experiment.subset_name(recipe, arm) == "variants/k100-s1/rsft"
 
 
-def test_fine_tuned_models_are_read_with_the_gaps_they_were_trained_with(write_recipe):
+def test_systems_read_packed_get_the_gaps_they_were_trained_with(write_recipe):
     def model(settings):
-        recipe = load_recipe(write_recipe({"model": {"pack_gap_s": 0.8}} | settings))
+        packed = {"experiment": {"eval_layout": "packed"} | settings.pop("experiment", {})}
+        recipe = load_recipe(write_recipe({"model": {"pack_gap_s": 0.8}} | settings | packed))
         return experiment.eval_model(recipe)
 
     assert model({}).layout == "packed" and model({}).pack_gap_s == 0.8  # the model's gap
     assert model({"finetune": {"pack_gap_s": 0.3}}).pack_gap_s == 0.3  # the training gap
     chosen = {"finetune": {"pack_gap_s": 0.3}, "experiment": {"eval_pack_gap_s": 0.5}}
     assert model(chosen).pack_gap_s == 0.5
-    assert model({"experiment": {"eval_layout": "standard"}}).layout == "standard"
+    default = experiment.eval_model(load_recipe(write_recipe({})))
+    assert default.layout == "standard"  # one request per window, as an assistant hears it
 
 
 def test_quick_experiment_trains_evaluates_and_reports(
@@ -116,8 +118,10 @@ def test_quick_experiment_trains_evaluates_and_reports(
     other = json.loads((root / "finetune" / "rsft-s1" / "train_log.json").read_text())
     assert first["subset_sha256"] != other["subset_sha256"]  # another seed, another draw
     wer = json.loads((root / "evaluate" / "rsft" / "test_target" / "wer.json").read_text())
-    assert wer["layout"] == "packed"  # experiment.eval_layout for fine-tuned models
-    assert wer["recipe"]["model"]["pack_gap_s"] == 0.4  # read with the gaps it was trained with
+    assert wer["layout"] == "standard"  # experiment.eval_layout, for every system
+    for run in ("pretrained", "random"):
+        read_as = json.loads((root / "evaluate" / run / "test_target" / "wer.json").read_text())
+        assert read_as["layout"] == "standard", run
     systems = {row["system"]: row for row in results["systems"]}
     assert systems["rsft"]["seeds"] == [0, 1] and systems["random"]["seeds"] == [0, 1]
     assert (root / "report" / "results.json").exists()

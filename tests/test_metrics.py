@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -221,17 +222,25 @@ def _sclite_command() -> list[str]:
     pytest.fail("NIST sclite not found; install Debian's sctk (scripts/setup-debian.sh)")
 
 
-def _sclite_summary(stdout: str) -> tuple[int, int, float]:
-    """Reference words, errors and error percentage from sclite's ``rsum`` and ``sum`` reports."""
-    counts = percent = None
+_SCLITE_SCORES = re.compile(
+    r"^id: \((\S+)\)\nScores: \(#C #S #D #I\) (\d+) (\d+) (\d+) (\d+)$", flags=re.MULTILINE
+)
+
+
+def _sclite_report(stdout: str) -> tuple[dict[str, tuple[int, ...]], dict[str, int], float]:
+    """sclite's per-utterance (C, S, D, I) from its ``pra`` alignments, its ``rsum`` Sum row
+    (words, substitutions, deletions, insertions, errors) and its ``sum`` error percentage."""
+    scores = {m[1]: tuple(map(int, m.groups()[1:])) for m in _SCLITE_SCORES.finditer(stdout)}
+    totals = percent = None
     for line in stdout.splitlines():
         cells = [c.split() for c in line.split("|")[1:-1]]
         if len(cells) == 3 and cells[0] == ["Sum"]:
-            counts = (int(cells[1][1]), int(cells[2][4]))  # (# Wrd, Err)
+            words, (_, sub, dele, ins, err, _) = int(cells[1][1]), map(int, cells[2])
+            totals = {"words": words, "sub": sub, "del": dele, "ins": ins, "errors": err}
         elif len(cells) == 3 and cells[0] == ["Sum/Avg"]:
             percent = float(cells[2][4])
-    assert counts is not None and percent is not None, f"unexpected sclite output:\n{stdout}"
-    return counts[0], counts[1], percent
+    assert scores and totals and percent is not None, f"unexpected sclite output:\n{stdout}"
+    return scores, totals, percent
 
 
 def test_wer_agrees_with_nist_sclite(tmp_path: Path) -> None:
@@ -247,19 +256,31 @@ def test_wer_agrees_with_nist_sclite(tmp_path: Path) -> None:
         (tmp_path / name).write_text("".join(lines))
     run = subprocess.run(
         [*_sclite_command(), "-r", "ref.trn", "trn", "-h", "hyp.trn", "trn", "-i", "rm"]
-        + ["-o", "sum", "rsum", "stdout", "-f", "0"],
+        + ["-o", "sum", "rsum", "pra", "stdout", "-f", "0"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
         check=True,
     )
-    sclite_words, sclite_errors, sclite_percent = _sclite_summary(run.stdout)
+    scores, totals, percent = _sclite_report(run.stdout)
 
     frame = metrics.utterance_errors(refs, hyps, ids=ids)
     assert len(frame) == 52 and 0.1 < metrics.wer(frame) < 0.5  # a real test, not a trivial one
-    assert frame["ref_words"].sum() == sclite_words
-    assert abs(metrics.wer(frame) - sclite_errors / sclite_words) < 0.01
-    assert abs(metrics.wer(frame) - sclite_percent / 100) < 0.01
+    assert set(scores) == set(ids)
+    # Per utterance, exactly: reference words (C + S + D), errors (S + D + I), and D - I (the
+    # length difference, the same in every alignment). The split of errors into S, D and I is
+    # not compared: equal-cost alignments tie, and sclite (sub 4, ins/del 3) and jiwer (unit
+    # costs) break ties differently. sclite's weights could in principle cost it one more error
+    # than the minimum jiwer finds; these edits never do, so the counts must be equal.
+    for row in frame.itertuples():
+        correct, sub, dele, ins = scores[row.id]
+        assert correct + sub + dele == row.ref_words, row.id
+        assert sub + dele + ins == row.errors, row.id
+        assert dele - ins == row.deletions - row.insertions, row.id
+    assert totals["words"] == frame["ref_words"].sum()
+    assert totals["errors"] == frame["errors"].sum()
+    assert totals["sub"] + totals["del"] + totals["ins"] == frame["errors"].sum()
+    assert abs(percent - 100 * metrics.wer(frame)) <= 0.05 + 1e-9  # exact to its one decimal
 
 
 def test_split_by_alignment_gives_each_utterance_its_words():

@@ -11,6 +11,7 @@ import subprocess
 from html.parser import HTMLParser
 
 import numpy as np
+import pandas as pd
 import pytest
 import soundfile as sf
 
@@ -36,6 +37,7 @@ TARGET_WRONG = {  # run -> how many of the 10 target utterances it gets wrong (o
     "mine": 0,
     "dev-arm": 0,
 }
+SPEAKERS = 5  # utterance i of a set is spoken by speaker i % 5: the bootstrap's clusters
 TEST_SETS = {  # set -> rows of (accent, noise, snr_db)
     "test_target": [("caribbean", "sauna", 5.0)] * 10,
     "test_clean": [("us", "clean", np.nan)] * 4 + [("caribbean", "clean", np.nan)] * 4,
@@ -106,6 +108,7 @@ def tree(tmp_path_factory):
             sf.write(audio, np.full(1600 + 16 * n, 0.01, np.float32), 16000)
             lengths[1600 + 16 * n] = (name, i)
             kw = {"accent": accent, "noise": noise, "snr_db": snr, "split": "test", "text": TEXT}
+            kw["speaker"] = f"spk{i % SPEAKERS}"
             frame.append(dummy_row(i, str(audio), id=f"{name}-{i}", **kw))
         out = root / "prepare" / "manifests" / f"{name}.parquet"
         manifest.write(manifest.to_frame(frame), out, root=root)
@@ -202,6 +205,44 @@ def test_table_aggregates_seeds_and_tests_rsft_against_each_system(report):
     assert methods["rsft"]["selected"] == 20 and methods["rsft"]["ess"] > 0
 
 
+def test_clusters_are_speakers_joined_by_windows_else_utterances():
+    frame = pd.DataFrame({"id": list("abcd"), "speaker": ["s1", "s1", "s2", "s3"]})
+    codes, unit = report_stats.clusters(frame)
+    assert codes.tolist() == [0, 0, 1, 2] and unit == "speaker"
+    windows = frame.assign(window_0=[0, 1, 1, 2], window_1=[5, 5, 6, 7])
+    codes, unit = report_stats.clusters(windows)  # s1 and s2 share window 1 of the first run
+    assert codes.tolist() == [0, 0, 0, 1] and unit == "speaker-window group"
+    for alone in (frame.assign(speaker="s1"), frame.drop(columns="speaker")):
+        codes, unit = report_stats.clusters(alone)  # one voice cannot be resampled
+        assert codes.tolist() == [0, 1, 2, 3] and unit == "utterance"
+
+
+def test_tests_resample_speakers_and_are_holm_corrected(report):
+    _, results, _ = report
+    assert results["bootstrap"]["resamples"] == 200
+    assert results["bootstrap"]["p_floor"] == pytest.approx(1 / 201)
+    assert all(s["layout"] == "standard" for s in results["systems"])
+    assert results["layout_mismatch"] == []
+    for table in ("paired", "pooled", "sweep_tests"):
+        rows = results[table]
+        assert all(r["comparable"] and r["layout"] == r["other_layout"] == "standard" for r in rows)
+        assert all(r["clusters"] == SPEAKERS and r["cluster_unit"] == "speaker" for r in rows)
+        assert all(r["p_value"] <= r["p_holm"] <= 1 for r in rows)
+        smallest = min(rows, key=lambda r: r["p_value"])
+        assert smallest["p_holm"] == pytest.approx(min(1, len(rows) * smallest["p_value"]))
+    pooled = {r["system"]: r for r in results["pooled"]}
+    assert set(pooled) == {"pretrained", "random", "full"}
+    random = pooled["random"]
+    assert random["seeds"] == [0, 1] and random["other_runs"] == ["random", "random-s1"]
+    assert (random["wer"], random["other_wer"]) == pytest.approx((0.075, 0.175))
+    assert random["delta"] == pytest.approx(-0.10)
+    assert random["relative"] == pytest.approx(0.075 / 0.175 - 1)
+    assert random["relative_low"] <= random["relative"] <= random["relative_high"] < 0
+    headline = results["versus_random"]
+    assert headline["relative"] == random["relative"] and headline["p_value"] == random["p_value"]
+    assert set(headline) >= {"relative_low", "relative_high", "p_holm", "comparable", "layout"}
+
+
 def test_missing_inputs_are_listed_skips(report):
     _, results, _ = report
     skipped = {s["what"]: s["reason"] for s in results["skipped"]}
@@ -218,8 +259,11 @@ def test_report_files_and_printed_table(report):
     assert "rsft" in printed and "7.5 [" in printed and str(out / "report.md") in printed
     assert json.loads((out / "results.json").read_text()) == results
     text = (out / "report.md").read_text()
-    assert "| system | seeds | target WER % [95% CI] |" in text
-    assert "| rsft | 2 (0, 1) | 7.5 [" in text
+    assert "| system | seeds | layout | target WER % [95% CI] |" in text
+    assert "| rsft | 2 (0, 1) | standard | 7.5 [" in text
+    assert "Holm-corrected over 5 comparisons" in text  # the per-seed tests: one family
+    assert "Holm-corrected over 3 comparisons" in text  # pooled: pretrained, random, full
+    assert "so no p falls below 0.005" in text and "Warning" not in text
     assert "| against | budget | seed | rsft WER % |" in text
     assert "| random | 50 | 0 | 2.5 |" in text
     # the fake pool's embeddings are one layer: the classifier chose C on it
@@ -289,6 +333,40 @@ def test_no_evaluate_runs_is_a_one_line_error(write_recipe, capsys):
     assert "no evaluate runs" in err and len(err.strip().splitlines()) == 1
 
 
+def test_runs_read_in_different_layouts_are_flagged(tree, tmp_path):
+    """A seed of random read packed while every other run was read in the standard layout."""
+    path, recipe = tree
+    root = tmp_path / "data"
+    shutil.copytree(recipe.root, root)
+    shutil.rmtree(root / "report", ignore_errors=True)
+    wer_json = root / "evaluate" / "random-s1" / "test_target" / "wer.json"
+    wer_json.write_text(json.dumps({**json.loads(wer_json.read_text()), "layout": "packed"}))
+    mixed = tmp_path / "recipe.yaml"
+    mixed.write_text(json.dumps({**json.loads(path.read_text()), "data_dir": str(root)}))
+    with contextlib.redirect_stdout(io.StringIO()):
+        cli.main(["report", str(mixed), "-q"])
+    results = json.loads((root / "report" / "results.json").read_text())
+    layouts = {s["system"]: s["layout"] for s in results["systems"]}
+    assert layouts == {
+        "pretrained": "standard",
+        "rsft": "standard",
+        "random": "packed, standard",
+        "full": "standard",
+    }
+    flagged = {m["table"]: m["layouts"] for m in results["layout_mismatch"]}
+    assert set(flagged) == {"systems", "paired", "pooled", "sweep", "sweep_tests"}
+    assert flagged["paired"]["random"] == "packed" and flagged["paired"]["rsft"] == "standard"
+    pairs = {(p["system"], p["seed"]): p for p in results["paired"]}
+    assert not pairs[("random", 1)]["comparable"] and pairs[("random", 1)]["p_holm"] is not None
+    assert all(p["comparable"] for key, p in pairs.items() if key != ("random", 1))
+    assert not {p["system"]: p for p in results["pooled"]}["random"]["comparable"]
+    assert results["versus_random"]["comparable"] is False
+    text = (root / "report" / "report.md").read_text()
+    assert "Warning: the comparison table mixes layouts (packed, standard: random; " in text
+    assert "| random | 1 | 10.0 | 20.0 |" in text
+    assert "NOT COMPARABLE: standard vs packed |" in text
+
+
 def test_baseline_alone_reports_and_drops_stale_figures(tree, report, tmp_path):
     """What make demo leaves before any fine-tuning: the pretrained run, no select outputs."""
     path, recipe = tree
@@ -305,7 +383,8 @@ def test_baseline_alone_reports_and_drops_stale_figures(tree, report, tmp_path):
     results = json.loads((root / "report" / "results.json").read_text())
     assert [s["system"] for s in results["systems"]] == ["pretrained"]
     assert results["paired"] == [] and results["sweep"] == [] and results["selection"] is None
-    assert results["sweep_tests"] == []
+    assert results["sweep_tests"] == [] and results["pooled"] == []
+    assert results["versus_random"] is None and results["layout_mismatch"] == []
     skipped = {s["what"] for s in results["skipped"]}
     assert {"paired tests", "selection"} <= skipped
     figures = {p.name for p in (root / "report" / "figures").glob("*.png")}
