@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run_a", type=Path, help="evaluate run folder, e.g. data/demo/evaluate/pretrained"
     )
     compare.add_argument("run_b", type=Path, help="second evaluate run folder")
-    compare.add_argument("--bootstrap", type=int, default=1000, help="resamples (default 1000)")
+    compare.add_argument("--bootstrap", type=int, default=10000, help="resamples (default 10000)")
     compare.add_argument(
         "--changes",
         action="append",
