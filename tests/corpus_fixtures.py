@@ -123,7 +123,7 @@ def edacc_parquet(out_dir: Path, validation: int = 36, test: int = 18) -> Path:
     columns speaker, text, accent, raw_accent, gender, l1, audio (encoded bytes).
 
     Validation ends with a segment marked IGNORE_TIME_SEGMENT_IN_SCORING and one holding only
-    a tag. Speakers come in conversation pairs (EDACC-C<nn>-A/B) with one accent each.
+    a tag. Speakers come in conversation pairs (EDACC-C<nn>-A/B), one segment each.
     """
     for split, rows in (("validation", validation), ("test", test)):
         data: dict[str, list] = {k: [] for k in ("speaker", "text", "accent", "raw_accent")}
@@ -138,7 +138,8 @@ def edacc_parquet(out_dir: Path, validation: int = 36, test: int = 18) -> Path:
                 text = "<laugh>"
             elif i % 4 == 0:
                 text = f"<breath> {text} <laugh>"
-            conversation = offset // 10 + i % len(EDACC_ACCENTS) // 2
+            # two speakers a conversation; the test split's conversations are others
+            conversation = (50 if split == "test" else 0) + i // 2
             data["speaker"].append(f"EDACC-C{conversation:02d}-{'AB'[i % 2]}")
             data["text"].append(text)
             data["accent"].append(accent)

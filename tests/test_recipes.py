@@ -113,8 +113,12 @@ def test_edacc(tmp_path):
     assert set(pool["accent"]) == set(fixtures.EDACC_ACCENTS)
     assert len(target) and set(target["accent"]) <= targets
     assert not set(pool["id"]) & set(target["id"])  # the pool never holds a target segment
-    assert list(dev["id"]) == list(target["id"]) and set(dev["split"]) == {"dev"}
-    assert all(bucket("utterance", u) < 0.3 for u in target["id"])
+    assert len(dev) and set(dev["split"]) == {"dev"} and set(dev["accent"]) <= targets
+    tests = set(sets["test_clean"]["speaker"])
+    speakers = [set(pool["speaker"]), set(target["speaker"]), set(dev["speaker"]), tests]
+    for i, a in enumerate(speakers):  # no speaker in two sets
+        assert all(not a & b for b in speakers[i + 1 :]), i
+    assert all(bucket("speaker", s) < 0.2 for s in target["speaker"])
     assert set(sets["test_clean"]["accent"]) == set(fixtures.EDACC_ACCENTS)
     assert set(sets["test_target"]["accent"]) == targets
     assert set(sets["test_target"]["id"]) < set(sets["test_clean"]["id"])
@@ -122,7 +126,9 @@ def test_edacc(tmp_path):
     tagged = pool[pool["text"].str.startswith("<breath>")]
     assert len(tagged) and tagged["text"].str.endswith("<laugh>").all()  # kept as written
     # the IGNORE segment and the tag-only one are rejected in whichever set holds them
-    reasons = rejects(tmp_path, "pool") | rejects(tmp_path, "target")
+    reasons = (
+        rejects(tmp_path, "pool") | rejects(tmp_path, "target") | rejects(tmp_path, "dev_target")
+    )
     assert sorted(r.split(":")[0].split(" (")[0] for r in reasons.values()) == [
         "no words",
         "segment excluded from scoring",
