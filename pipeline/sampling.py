@@ -129,9 +129,12 @@ def rejection_sample(
 
     Each pass visits the not-yet-accepted items in a fresh random order and accepts one when
     u < w/M (u ~ U(0,1)); sampling stops as soon as ``budget`` items are accepted, or when no
-    item with w > 0 is left (``exhausted``). M = max w gives an exact draw from p restricted to
-    the pool's support; ``cap_quantile`` sets M to that quantile of the positive weights, clips
-    w at M and reports the clipped mass.
+    item with w > 0 is left (``exhausted``). With M = max w the items accepted in the first
+    pass are an exact draw from p restricted to the pool's support; items accepted in later
+    passes are not: after T passes an item's inclusion probability is about
+    1 - (1 - w/M)^T, concave in w, so the subset drifts toward low-weight items
+    (``fixed_budget.fixed_budget_sample`` is the exact fixed-size design). ``cap_quantile``
+    sets M to that quantile of the positive weights, clips w at M and reports the clipped mass.
 
     All passes are simulated at once, which is the same random process: an item's outcomes in
     successive passes are independent Bernoulli(w/M) draws, so the pass in which it is accepted

@@ -55,7 +55,7 @@ def literal_rejection(log_w: np.ndarray, budget: int, rng: np.random.Generator):
     return np.sort(accepted), proposals, passes
 
 
-def test_rejection_sample_draws_the_target_exactly_with_max_cap():
+def test_rejection_sample_is_exact_when_one_pass_meets_the_budget():
     groups, log_w = discrete_pool(1_000_000)
     selection = rejection_sample(log_w, 100_000, np.random.default_rng(1))
     assert selection.size == selection.n_unique == 100_000
