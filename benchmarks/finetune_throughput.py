@@ -579,8 +579,9 @@ def main(argv=None) -> None:
         for row in rows.values():
             for key in ("losses", "model_dir"):
                 row.pop(key, None)
-            for figures_ in row["dev_layouts"].values():
-                figures_.pop("errors"), figures_.pop("ref_words")
+            for figures_ in row["dev_layouts"].values():  # totals, not one per utterance
+                figures_["errors"] = sum(figures_.pop("errors"))
+                figures_["ref_words"] = sum(figures_.pop("ref_words"))
         figures = {"settings": settings, "recipes": rows, **verdict}
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
 

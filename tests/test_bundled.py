@@ -247,11 +247,19 @@ def hf_hypotheses(converted, hf_tokens) -> list[str]:
     return [normalise(converted[2].tokenizer.decode(row)) for row in hf_tokens]
 
 
+def word_errors(refs: list[str], hyps: list[str]) -> int:
+    """Substitutions, deletions and insertions over the whole list (jiwer)."""
+    out = jiwer.process_words(refs, hyps)
+    return out.substitutions + out.deletions + out.insertions
+
+
 def test_converted_model_transcribes_real_speech(prompts, hf_hypotheses):
     assert len(prompts) == N_PROMPTS
-    wer = jiwer.wer([ref for _, _, ref in prompts], hf_hypotheses)
-    print(f"converted model WER on {len(prompts)} asterisk prompts: {wer:.3f}")
-    assert wer < 0.25
+    refs = [ref for _, _, ref in prompts]
+    errors, words = word_errors(refs, hf_hypotheses), sum(len(r.split()) for r in refs)
+    print(f"converted model on {len(prompts)} asterisk prompts: {errors} errors in {words} words")
+    # measured 12 errors (9 substituted, 1 deleted, 2 inserted) in 184 words: WER 6.5%
+    assert words == 184 and errors <= 14
 
 
 def test_converted_model_agrees_with_faster_whisper(prompts, hf_hypotheses):
@@ -272,11 +280,12 @@ def test_converted_model_agrees_with_faster_whisper(prompts, hf_hypotheses):
         )
         fw_hypotheses.append(normalise("".join(s.text for s in segments)))
     refs = [ref for _, _, ref in prompts]
-    wer_hf, wer_fw = jiwer.wer(refs, hf_hypotheses), jiwer.wer(refs, fw_hypotheses)
+    errors_hf, errors_fw = word_errors(refs, hf_hypotheses), word_errors(refs, fw_hypotheses)
     same = sum(a == b for a, b in zip(hf_hypotheses, fw_hypotheses, strict=True))
-    print(f"WER converted {wer_hf:.3f}, faster-whisper {wer_fw:.3f}; {same}/{len(refs)} identical")
-    assert abs(wer_hf - wer_fw) <= 0.5  # the issue's bound; measured far closer
-    assert same >= 0.7 * len(refs)
+    print(f"errors converted {errors_hf}, faster-whisper {errors_fw}; {same}/{len(refs)} same")
+    # measured: 27 of 30 hypotheses identical; 12 errors against 16 in 184 reference words
+    # (each of the three that differ has one or two errors more from faster-whisper)
+    assert same >= 26 and abs(errors_hf - errors_fw) <= 6
 
 
 def test_same_features_give_the_same_tokens_as_ctranslate2(converted, prompts, hf_tokens):

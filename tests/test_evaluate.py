@@ -3,14 +3,18 @@
 import json
 from dataclasses import replace
 
+import jiwer
+import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import audio, cli, evaluate, prepare
+from pipeline import audio, cli, evaluate, manifest, prepare, text
+from pipeline.audio import SAMPLE_RATE
 from pipeline.config import ModelConfig, load_recipe
 from pipeline.errors import UserError
 from pipeline.models import loader
 from pipeline.models.whisper import Whisper
+from tests.factories import dummy_row
 
 RECIPE = {
     "prepare": {
@@ -182,3 +186,107 @@ def test_changes_lists_the_utterances_that_moved_worst_first(tmp_path, capsys):
     cli.main(["compare", str(a), str(b), "--bootstrap", "50", "--changes", "set", "--top", "1"])
     printed = capsys.readouterr().out
     assert "+3 u3" in printed and "-1 u2" in printed and "u1" not in printed  # one each way
+
+
+# Two groups (accent) of three commands; with 14 s of silence between packed utterances, two
+# of these fit a 30 s window, so each group reads as one window of two and one window of one
+PACKED_TEXTS = {
+    "us": ["Turn on the lights.", "What time is it?", "Play some music"],
+    "caribbean": ["Set a timer for ten minutes", "Call mum", "Stop!"],
+}
+PACK_GAP_S = 14.0
+
+
+@pytest.fixture
+def scripted_packing(tmp_path, tiny_whisper_dir, write_recipe, monkeypatch):
+    """Read six commands in packed windows as the evaluate stage does, each window's
+    transcript written by ``script(its members' raw references, joined)``: the real packing
+    and cutting around a scripted ``transcribe_joined``. Returns a reader of a script, which
+    gives (wer.json content, [(window's member ids, its transcript)], utterances.parquet).
+
+    The audio is noise of a distinct length per utterance (the transcripts are scripted, so
+    the sound does not matter): a window's members are known by the lengths of its spans."""
+    rows, by_samples, rng = [], {}, np.random.default_rng(0)
+    said = [(accent, line) for accent, lines in PACKED_TEXTS.items() for line in lines]
+    for i, (accent, line) in enumerate(said):
+        wave = 0.01 * rng.standard_normal(int((1 + 0.1 * i) * SAMPLE_RATE)).astype(np.float32)
+        path = tmp_path / "audio" / f"u{i}.flac"
+        audio.write_flac(path, wave)
+        duration_s = len(wave) / SAMPLE_RATE
+        rows.append(dummy_row(i, str(path), text=line, accent=accent, duration_s=duration_s))
+        by_samples[len(wave)] = rows[-1]
+    frame = manifest.to_frame(rows)
+    cfg = ModelConfig(name=str(tiny_whisper_dir), layout="packed", pack_gap_s=PACK_GAP_S)
+    model = loader.load(cfg, tmp_path / "models")
+    recipe = load_recipe(write_recipe({"evaluate": {"bootstrap": 50}}))
+
+    def read(script):
+        windows = []
+
+        def transcribe_joined(packed):
+            transcripts = []
+            for window in packed:
+                lengths = [round((end - start) * SAMPLE_RATE) for start, end in window.spans]
+                members = [by_samples[n] for n in lengths]
+                transcripts.append(script(" ".join(row["text"] for row in members)))
+                windows.append(([row["id"] for row in members], transcripts[-1]))
+            return transcripts
+
+        monkeypatch.setattr(model, "transcribe_joined", transcribe_joined)
+        out = tmp_path / "evaluate" / "set"
+        result = evaluate.evaluate_set(model, 2, frame, recipe, out)  # two windows a batch
+        return result, windows, pd.read_parquet(out / "utterances.parquet").set_index("id")
+
+    return read
+
+
+def garble(said: str) -> str:
+    """A transcript with every kind of error: a word inserted before the first, every fourth
+    word deleted, every fourth substituted, words inserted after others, one at the end."""
+    out = ["Um,"]
+    for k, word in enumerate(said.split()):
+        if k % 4 == 1:
+            continue
+        out += ["X" if k % 4 == 2 else word] + (["again"] if k % 4 == 3 else [])
+    return " ".join(out + ["Thanks!"])
+
+
+def test_packed_pieces_give_back_each_windows_transcript(scripted_packing):
+    result, windows, per = scripted_packing(garble)
+    # every utterance is read in exactly one window, and the stage's windows are the plan's
+    ids = [i for members, _ in windows for i in members]
+    assert sorted(ids) == sorted(per.index) and len(ids) == len(set(ids)) == 6
+    assert sorted(len(members) for members, _ in windows) == [1, 1, 2, 2]
+    for members, transcript in windows:
+        pieces = " ".join(per.loc[members, "hypothesis_norm"]).split()
+        assert pieces == text.normalize(transcript).split()  # nothing lost, moved or doubled
+    assert result["utterances"] == 6 and not result["rejects"]
+
+
+def test_packed_transcript_of_the_references_gives_each_utterance_its_own(scripted_packing):
+    result, windows, per = scripted_packing(lambda said: said)
+    # each utterance's piece is its own reference, word for word
+    assert per["hypothesis_norm"].tolist() == text.normalize_batch(per["text"])
+    assert per["errors"].sum() == 0 and result["wer"] == 0
+    assert any(len(members) == 2 for members, _ in windows)  # a window was cut
+
+
+def test_packed_group_wer_is_the_joined_transcripts_wer(scripted_packing):
+    """Long-form scoring: a group's WER from the pieces is that of each window's transcript
+    against its references joined, errors and reference words summed over the windows."""
+    result, windows, per = scripted_packing(garble)
+    errors, words = {}, {}
+    for members, transcript in windows:
+        (group,) = set(per.loc[members, "accent"])
+        refs = " ".join(text.normalize(per.loc[i, "text"]) for i in members)
+        joined = jiwer.process_words(refs, text.normalize(transcript))
+        found = joined.substitutions + joined.deletions + joined.insertions
+        errors[group] = errors.get(group, 0) + found
+        words[group] = words.get(group, 0) + len(refs.split())
+    groups = pd.DataFrame(result["groups"]).set_index("accent")
+    assert sorted(groups.index) == sorted(PACKED_TEXTS)
+    for group in PACKED_TEXTS:
+        assert groups.loc[group, "errors"] == errors[group] > 0
+        assert groups.loc[group, "ref_words"] == words[group]
+        assert groups.loc[group, "wer"] == pytest.approx(errors[group] / words[group])
+    assert result["wer"] == pytest.approx(sum(errors.values()) / sum(words.values()))
