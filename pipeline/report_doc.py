@@ -226,7 +226,14 @@ def comparison_text(results: dict) -> str:
     """The comparison table as aligned text, for the terminal."""
     table = comparison(results)
     frame = pd.DataFrame(table.rows, columns=table.header)
-    return f"WER % by system (mean over seeds; range in brackets)\n{frame.to_string(index=False)}"
+    layouts = sorted({str(r.get("layout")) for r in results.get("systems", [])})
+    read = (
+        f"every system read in the {layouts[0]} layout"
+        if len(layouts) == 1
+        else f"WARNING: systems read in different layouts ({', '.join(layouts)}): not comparable"
+    )
+    head = f"WER % by system (mean over seeds; range in brackets); {read}"
+    return f"{head}\n{frame.to_string(index=False)}"
 
 
 # Rendering

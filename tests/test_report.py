@@ -257,6 +257,7 @@ def test_missing_inputs_are_listed_skips(report):
 def test_report_files_and_printed_table(report):
     out, results, printed = report
     assert "rsft" in printed and "7.5 [" in printed and str(out / "report.md") in printed
+    assert "every system read in the standard layout" in printed
     assert json.loads((out / "results.json").read_text()) == results
     text = (out / "report.md").read_text()
     assert "| system | seeds | layout | target WER % [95% CI] |" in text
@@ -343,8 +344,9 @@ def test_runs_read_in_different_layouts_are_flagged(tree, tmp_path):
     wer_json.write_text(json.dumps({**json.loads(wer_json.read_text()), "layout": "packed"}))
     mixed = tmp_path / "recipe.yaml"
     mixed.write_text(json.dumps({**json.loads(path.read_text()), "data_dir": str(root)}))
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
         cli.main(["report", str(mixed), "-q"])
+    assert "WARNING: systems read in different layouts" in printed.getvalue()
     results = json.loads((root / "report" / "results.json").read_text())
     layouts = {s["system"]: s["layout"] for s in results["systems"]}
     assert layouts == {
