@@ -83,6 +83,11 @@ def test_quick_experiment_trains_evaluates_and_reports(
                             "split": "test",
                             "source": {"kind": "synth", "parts": [{"count": 2, "voices": ["gb"]}]},
                         },
+                        {
+                            "name": "test_extra",
+                            "split": "test",
+                            "source": {"kind": "synth", "parts": [{"count": 1, "voices": ["us"]}]},
+                        },
                     ],
                 },
                 "select": {"budget": 8, "folds": 2, "methods": ["rsft", "random"]},
@@ -99,6 +104,7 @@ def test_quick_experiment_trains_evaluates_and_reports(
                     "quick_systems": ["rsft", "random"],
                     "quick_seeds": [0, 1],
                     "quick_baseline_sets": ["test_target"],
+                    "quick_sets": ["test_target", "test_clean"],
                 },
             }
         )
@@ -111,6 +117,7 @@ def test_quick_experiment_trains_evaluates_and_reports(
     # quick: rsft (and the pretrained model) read every test set, the baselines the target's
     for run in ("pretrained", "rsft", "rsft-s1"):
         assert (root / "evaluate" / run / "test_clean" / "wer.json").exists(), run
+        assert not (root / "evaluate" / run / "test_extra").exists(), run  # quick_sets
     for run in ("random", "random-s1"):
         assert (root / "evaluate" / run / "test_target" / "wer.json").exists(), run
         assert not (root / "evaluate" / run / "test_clean").exists(), run
@@ -138,6 +145,8 @@ def test_quick_experiment_trains_evaluates_and_reports(
     full = replace(full, experiment=replace(full.experiment, seeds=(0,), sweep_budgets=()))
     experiment.run(full)
     assert (root / "evaluate" / "random" / "test_clean" / "wer.json").exists()
+    for run in ("pretrained", "rsft", "random"):
+        assert (root / "evaluate" / run / "test_extra" / "wer.json").exists(), run
     assert (root / "finetune" / "rsft" / "model" / "model.safetensors").stat().st_mtime_ns == stamp
     with pytest.raises(RecipeError, match="quick_baseline_sets: 'nope'"):
         load_recipe(write_recipe({"experiment": {"quick_baseline_sets": ["nope"]}}))
