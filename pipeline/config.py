@@ -458,6 +458,9 @@ class ExperimentConfig:
     # window, each window's transcript cut by alignment to the joined references) is the
     # best case for segmentation and is not how a deployed model is read
     eval_layout: Literal["standard", "short", "packed"] = "standard"
+    # a second reading of every system, the pretrained model included, in this layout (runs
+    # named <run>@<layout>): the report gives it a table of its own, never mixed with the first
+    second_layout: Literal["standard", "short", "packed"] | None = None
     # silence between commands in their packed windows; None: the gap they were trained with
     # (finetune.pack_gap_s, else model.pack_gap_s). Read with wider gaps than in training, a
     # fine-tuned model ends some windows early and their last commands come out empty
@@ -612,6 +615,9 @@ def _check(recipe: Recipe) -> None:
         raise RecipeError("finetune.lora_rank: must be at least 1")
     if ft.guard_set is not None and not ft.eval_every:
         raise RecipeError("finetune.guard_set: needs finetune.eval_every > 0 (it is watched then)")
+    second = recipe.experiment.second_layout
+    if second is not None and second == recipe.experiment.eval_layout:
+        raise RecipeError("experiment.second_layout: the same as experiment.eval_layout")
     labelled = recipe.select.labelled_set
     if labelled is not None and labelled not in names:
         raise RecipeError(f"select.labelled_set: {labelled!r} is not a prepared set")

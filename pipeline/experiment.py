@@ -112,6 +112,16 @@ def eval_model(recipe: Recipe) -> ModelConfig:
     return replace(recipe.model, layout=recipe.experiment.eval_layout, pack_gap_s=gap)
 
 
+def read_all(recipe: Recipe, model_dir: str | None, name: str) -> None:
+    """Read one system as every system is read (``recipe`` already carries the eval layout),
+    and again in experiment.second_layout as ``<name>@<layout>`` when one is set."""
+    evaluate.run(recipe, model_dir, name if model_dir else None)
+    second = recipe.experiment.second_layout
+    if second is not None:
+        other = replace(recipe, model=replace(recipe.model, layout=second))
+        evaluate.run(other, model_dir, f"{name}@{second}")
+
+
 def run(recipe: Recipe, quick: bool = False, timings: dict[str, float] | None = None) -> dict:
     """Train and evaluate every arm (skipping what is done), then write the report; print
     and write (``report/timings.json``) the time each step took.
@@ -126,7 +136,7 @@ def run(recipe: Recipe, quick: bool = False, timings: dict[str, float] | None = 
         sets = recipe.experiment.quick_sets
         eval_recipe = replace(eval_recipe, evaluate=replace(recipe.evaluate, sets=sets))
         log.info("quick: every system reads %s only", ", ".join(sets))
-    evaluate.run(eval_recipe)  # the pretrained model, read as every fine-tuned one is
+    read_all(eval_recipe, None, "pretrained")  # read as every fine-tuned model is
     timings["evaluate pretrained"] = time.perf_counter() - started
     selected: set[tuple[int, int]] = set()
     if (recipe.root / "select" / "summary.json").exists():  # make select ran already
@@ -153,7 +163,7 @@ def run(recipe: Recipe, quick: bool = False, timings: dict[str, float] | None = 
             reader = replace(
                 eval_recipe, evaluate=replace(eval_recipe.evaluate, sets=baseline_sets)
             )
-        evaluate.run(reader, str(model_dir), name)
+        read_all(reader, str(model_dir), name)
         timings[f"evaluate {name}"] = time.perf_counter() - started
     started = time.perf_counter()
     results = report.run(recipe)

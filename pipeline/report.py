@@ -67,18 +67,26 @@ def set_roles(recipe: Recipe, skips: Skips) -> dict[str, str]:
     return roles
 
 
-def load_runs(recipe: Recipe, roles: dict[str, str], skips: Skips) -> list[stats.Run]:
-    """Every evaluate run that follows the naming convention, with its test sets' errors."""
+def load_runs(
+    recipe: Recipe, roles: dict[str, str], skips: Skips, reading: str = ""
+) -> list[stats.Run]:
+    """Every evaluate run that follows the naming convention, with its test sets' errors.
+
+    ``reading`` '@<layout>' takes the second reading's runs (``<run>@<layout>``) instead,
+    named without it; runs of any other reading are left out."""
     folder = recipe.root / "evaluate"
     found = [p for p in folder.iterdir() if p.is_dir()] if folder.is_dir() else []
     if not found:
         raise UserError(f"no evaluate runs under {folder} (run: rsft evaluate first)")
+    found = [p for p in found if ("@" in p.name) == bool(reading)]
+    found = [p for p in found if not reading or p.name.endswith(reading)]
     seed = recipe.seed if recipe.finetune.seed is None else recipe.finetune.seed
     runs: dict[stats.RunName, stats.Run] = {}
     other: list[str] = []  # runs of other experiments (dev arms, ...): one skip for them all
     # shortest name first: the bare name that the default pipeline writes wins a duplicate
     for path in sorted(found, key=lambda p: (len(p.name), p.name)):
-        key = stats.parse_run_name(path.name, seed, recipe.select.budget)
+        plain = path.name.removesuffix(reading) if reading else path.name
+        key = stats.parse_run_name(plain, seed, recipe.select.budget)
         if key is None:
             other.append(path.name)
             continue
@@ -247,6 +255,10 @@ def build(recipe: Recipe, results: dict, runs: list, found: dict | None, logs: d
         if panels:
             png = report_plots.system_bars(results["systems"], panels)
             blocks.append(doc.Figure("systems", png, "WER per system (bars: seed mean)"))
+    if results.get("second_reading", {}).get("systems"):
+        second = results["second_reading"]
+        blocks.append(doc.Heading(f"Second reading: every system in the {second['layout']} layout"))
+        blocks.append(doc.comparison({**results, **second}))
     blocks += test_blocks(results)
     for key, label, title, order in (
         ("clean_by_accent", "", "Clean speech per accent (WER %)", None),
@@ -341,6 +353,9 @@ def run(recipe: Recipe) -> dict:
     }
     results["versus_random"] = compare.versus(results["pooled"], "random")
     results["layout_mismatch"] = compare.layout_mismatch(results)
+    second = recipe.experiment.second_layout
+    if second is not None:
+        results["second_reading"] = second_reading(recipe, roles, second, rng, skips)
     found = load_selection(recipe.root / "select", skips)
     results["selection"] = found["summary"] if found else None
     blocks = build(recipe, results, runs, found, load_train_logs(recipe.root, runs, skips))
@@ -355,5 +370,19 @@ def run(recipe: Recipe) -> dict:
     doc.write(out, f"RSFT report: {recipe.name}", blocks)
     write_json(out / "results.json", results)
     print(doc.comparison_text(results))
+    if results.get("second_reading"):
+        print(doc.comparison_text({**results, **results["second_reading"]}))
     print(f"report: {out / 'report.md'} (and report.html, results.json)")
     return results
+
+
+def second_reading(recipe: Recipe, roles: dict, layout: str, rng, skips: Skips) -> dict:
+    """Every system read again in experiment.second_layout (runs ``<run>@<layout>``): its
+    own table and per-seed tests, never mixed with the first reading's."""
+    runs = load_runs(recipe, roles, skips, f"@{layout}")
+    cfg = recipe.report
+    return {
+        "layout": layout,
+        "systems": stats.systems_table(runs, rng, cfg.bootstrap),
+        "paired": compare.paired_tests(runs, cfg.reference, rng, cfg.bootstrap, skips.add),
+    }

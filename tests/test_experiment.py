@@ -178,3 +178,22 @@ def test_run_all_runs_the_stages_in_order_and_times_them(write_recipe, monkeypat
     printed = capsys.readouterr().out
     assert "finetune rsft" in printed and "1.0 min" in printed and "total" in printed
     assert f"on {host['cores']} cores, {host['cpu']}" in printed
+
+
+def test_a_second_reading_reads_every_system_again_under_its_own_name(write_recipe, monkeypatch):
+    calls = []
+    monkeypatch.setattr(
+        evaluate, "run", lambda r, model=None, name=None: calls.append((r.model.layout, name))
+    )
+    recipe = load_recipe(write_recipe({"experiment": {"second_layout": "packed"}}))
+    reader = replace(recipe, model=experiment.eval_model(recipe))
+    experiment.read_all(reader, None, "pretrained")
+    experiment.read_all(reader, "data/x/finetune/rsft/model", "rsft")
+    assert calls == [
+        ("standard", None),
+        ("packed", "pretrained@packed"),
+        ("standard", "rsft"),
+        ("packed", "rsft@packed"),
+    ]
+    with pytest.raises(RecipeError, match="second_layout"):
+        load_recipe(write_recipe({"experiment": {"second_layout": "standard"}}))

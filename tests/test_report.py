@@ -391,3 +391,38 @@ def test_baseline_alone_reports_and_drops_stale_figures(tree, report, tmp_path):
     assert {"paired tests", "selection"} <= skipped
     figures = {p.name for p in (root / "report" / "figures").glob("*.png")}
     assert figures == {"systems.png", "heatmap.png"}
+
+
+def test_a_second_reading_gets_a_table_of_its_own(tree, tmp_path):
+    """experiment.second_layout: runs <run>@packed form their own table and tests, and never
+    enter the first reading's."""
+    path, recipe = tree
+    root = tmp_path / "data"
+    shutil.copytree(recipe.root, root)
+    shutil.rmtree(root / "report", ignore_errors=True)
+    for run in [p for p in (root / "evaluate").iterdir() if p.is_dir()]:
+        packed = run.with_name(f"{run.name}@packed")
+        shutil.copytree(run, packed)
+        for wer_json in packed.glob("*/wer.json"):
+            wer_json.write_text(
+                json.dumps({**json.loads(wer_json.read_text()), "layout": "packed"})
+            )
+    data = {**json.loads(path.read_text()), "data_dir": str(root)}
+    data["experiment"] = {**data.get("experiment", {}), "second_layout": "packed"}
+    second = tmp_path / "recipe.yaml"
+    second.write_text(json.dumps(data))
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        cli.main(["report", str(second), "-q"])
+    results = json.loads((root / "report" / "results.json").read_text())
+    assert {s["layout"] for s in results["systems"]} == {"standard"}
+    assert not results["layout_mismatch"]
+    reading = results["second_reading"]
+    assert reading["layout"] == "packed" and {s["layout"] for s in reading["systems"]} == {"packed"}
+    assert [s["system"] for s in reading["systems"]] == [s["system"] for s in results["systems"]]
+    means = [[s["wer"]["target"]["mean"] for s in r["systems"]] for r in (reading, results)]
+    assert means[0] == means[1]  # the same errors, copied: only the intervals' draws differ
+    assert "every system read in the packed layout" in printed.getvalue()
+    assert (
+        "Second reading: every system in the packed layout"
+        in (root / "report" / "report.md").read_text()
+    )
