@@ -249,21 +249,26 @@ class ScoreConfig:
     shard_size: int = 512  # utterances per resumable piece
 
 
+# the select methods, each of which trains a system of the comparison (one list for select,
+# the experiment and the report)
+SYSTEMS = (
+    "rsft",
+    "random",
+    "oracle",
+    "full",
+    "wer_filter",
+    "importance",
+    "labelled_target",
+    "rsft_labelled",
+)
+
+
 @dataclass(frozen=True)
 class SelectConfig:
     pool: str = "pool"  # the labelled pool set
     target: str | None = "target"  # the unlabelled target-sample set
     budget: int = 300  # utterances per subset
-    methods: tuple[str, ...] = (
-        "rsft",
-        "random",
-        "oracle",
-        "full",
-        "wer_filter",
-        "importance",
-        "labelled_target",
-        "rsft_labelled",
-    )
+    methods: tuple[str, ...] = SYSTEMS
     # a labelled set from the target condition (a user's transcribed target requests, e.g.
     # the size of dev_target, disjoint from every test set): 'labelled_target' trains on it
     # alone, 'rsft_labelled' on it plus rsft's draw of the rest of the budget from the pool
@@ -432,16 +437,7 @@ class ExperimentConfig:
     finetune settings at the same budget, over seeds, plus a budget sweep; then evaluate and
     report. ``--quick`` (make demo) runs only the quick_* part."""
 
-    systems: tuple[str, ...] = (
-        "rsft",
-        "random",
-        "oracle",
-        "full",
-        "wer_filter",
-        "importance",
-        "labelled_target",
-        "rsft_labelled",
-    )
+    systems: tuple[str, ...] = SYSTEMS
     seeds: tuple[int, ...] = (0, 1, 2)  # selection draw and training order
     sweep_budgets: tuple[int, ...] = (100, 1000)  # besides select.budget
     sweep_systems: tuple[str, ...] = ("rsft", "random")

@@ -14,18 +14,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline import metrics
+from pipeline.config import SYSTEMS
 
-# select methods that train a system (config.SelectConfig.methods)
-SYSTEMS = (
-    "rsft",
-    "random",
-    "oracle",
-    "full",
-    "wer_filter",
-    "importance",
-    "labelled_target",
-    "rsft_labelled",
-)
 BUDGETLESS = ("full",)  # trains on the whole pool: no point on the budget sweep
 PRETRAINED = "pretrained"
 ROLES = ("target", "clean", "noisy", "real")  # test set roles, named in ReportConfig
