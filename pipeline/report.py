@@ -78,15 +78,14 @@ def load_runs(
     found = [p for p in folder.iterdir() if p.is_dir()] if folder.is_dir() else []
     if not found:
         raise UserError(f"no evaluate runs under {folder} (run: rsft evaluate first)")
-    found = [p for p in found if ("@" in p.name) == bool(reading)]
-    found = [p for p in found if not reading or p.name.endswith(reading)]
+    # the first reading's runs carry no '@'; the second's end with it
+    found = [p for p in found if p.name.endswith(reading) and ("@" in p.name) == bool(reading)]
     seed = recipe.seed if recipe.finetune.seed is None else recipe.finetune.seed
     runs: dict[stats.RunName, stats.Run] = {}
     other: list[str] = []  # runs of other experiments (dev arms, ...): one skip for them all
     # shortest name first: the bare name that the default pipeline writes wins a duplicate
     for path in sorted(found, key=lambda p: (len(p.name), p.name)):
-        plain = path.name.removesuffix(reading) if reading else path.name
-        key = stats.parse_run_name(plain, seed, recipe.select.budget)
+        key = stats.parse_run_name(path.name.removesuffix(reading), seed, recipe.select.budget)
         if key is None:
             other.append(path.name)
             continue
