@@ -51,7 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def readers(recipe, layout: str) -> dict:
     """Arm name -> (reader, context that the arm decodes in)."""
-    from pipeline.evaluate import MODELS_DIR
+    from pipeline.evaluate.stage import MODELS_DIR
     from pipeline.models import loader
 
     sdpa = loader.load(replace(recipe.model, decode_attention="sdpa"), MODELS_DIR)
@@ -76,7 +76,8 @@ def readers(recipe, layout: str) -> dict:
 
 
 def run(args) -> dict:
-    from pipeline import evaluate, manifest, metrics, resources
+    from pipeline import manifest, metrics, resources
+    from pipeline.evaluate import stage as evaluate
 
     overrides = [f"model.layout={args.layout}", f"model.pack_gap_s={args.gap}"]
     overrides += [f"model.name={args.model}"] * bool(args.model)

@@ -49,7 +49,7 @@ def arms(args, recipe) -> dict:
     """Arm name -> the loaded model (fp32 weights; bf16 as autocast)."""
     import torch
 
-    from pipeline.evaluate import MODELS_DIR
+    from pipeline.evaluate.stage import MODELS_DIR
     from pipeline.models import loader
 
     fp32 = loader.load(replace(recipe.model, bf16=False), MODELS_DIR)
@@ -64,7 +64,8 @@ def arms(args, recipe) -> dict:
 
 
 def run(args) -> dict:
-    from pipeline import evaluate, manifest, metrics, resources
+    from pipeline import manifest, metrics, resources
+    from pipeline.evaluate import stage as evaluate
     from pipeline.models import loader
 
     overrides = [f"model.layout={args.layout}"] + ([f"model.name={args.model}"] * bool(args.model))

@@ -84,7 +84,7 @@ def faster_whisper(model_dir: Path, threads: int, **options):
 
 def decode_with_stage(stage, recipe, frame: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
     """The stage's wer.json content and its per-utterance rows (in the frame's order)."""
-    from pipeline import evaluate
+    from pipeline.evaluate import stage as evaluate
 
     with tempfile.TemporaryDirectory(prefix="rsft-evaluate-speed-") as tmp:
         result = evaluate.evaluate_set(stage, recipe.model.batch_size, frame, recipe, Path(tmp))
@@ -95,7 +95,8 @@ def decode_with_stage(stage, recipe, frame: pd.DataFrame) -> tuple[dict, pd.Data
 def run(args: argparse.Namespace) -> dict:
     import torch
 
-    from pipeline import audio, evaluate, manifest, metrics, text
+    from pipeline import audio, manifest, metrics, text
+    from pipeline.evaluate import stage as evaluate
     from pipeline.models import bundled, loader
 
     recipe = demo_recipe(args.data_root)

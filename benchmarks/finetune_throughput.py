@@ -125,7 +125,7 @@ def since(start: tuple[float, float]) -> tuple[float, float]:
 
 def train_rsft(recipe) -> dict:
     """``finetune.run`` timed whole, minus the model loading it does through the loader."""
-    from pipeline import finetune
+    from pipeline.finetune import stage as finetune
     from pipeline.models import loader
 
     loading = []
@@ -162,7 +162,7 @@ def rsft_steps(recipe, epochs: int) -> int:
     """Steps for ``epochs`` passes over the subset with the recipe's own batches (a duration
     budget makes batches, and so steps per epoch, differ from the standard recipe's)."""
     from pipeline import manifest
-    from pipeline.batches import EpochBatches
+    from pipeline.finetune.batches import EpochBatches
 
     cfg = recipe.finetune
     frame = manifest.read(recipe.root / "select" / SUBSET / "subset.parquet")
@@ -181,7 +181,7 @@ def train_standard(recipe, spec: dict, work: Path) -> dict:
     import transformers
 
     from pipeline import audio
-    from pipeline.evaluate import MODELS_DIR
+    from pipeline.evaluate.stage import MODELS_DIR
     from pipeline.models import loader
 
     start = time.perf_counter()
@@ -282,7 +282,7 @@ def dev_wer(recipe, model_name: str, data_root: Path, dev: int, layouts, out: Pa
     decoding seconds. The first layout's WER is ``dev_wer``."""
     import pandas as pd
 
-    from pipeline import evaluate
+    from pipeline.evaluate import stage as evaluate
     from pipeline.models import loader
 
     model = loader.load(replace(recipe.model, name=model_name), evaluate.MODELS_DIR)

@@ -46,9 +46,10 @@ def training_step(args, recipe):
     """(step function, batch description): the stage's model, first batch, loss, optimizer."""
     import torch
 
-    from pipeline import forgetting, manifest
-    from pipeline.evaluate import MODELS_DIR
-    from pipeline.finetune import get_dataloaders
+    from pipeline import manifest
+    from pipeline.evaluate.stage import MODELS_DIR
+    from pipeline.finetune import forgetting
+    from pipeline.finetune.stage import get_dataloaders
     from pipeline.models import loader
 
     cfg = replace(recipe.finetune, batch_size=args.batch_size or recipe.finetune.batch_size)

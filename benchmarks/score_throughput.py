@@ -108,9 +108,10 @@ def agrees(agreement: dict) -> bool:
 def run(args: argparse.Namespace) -> dict:
     import torch
 
-    from pipeline import manifest, score
-    from pipeline.evaluate import MODELS_DIR
+    from pipeline import manifest
+    from pipeline.evaluate.stage import MODELS_DIR
     from pipeline.models import loader
+    from pipeline.score import stage as score
 
     recipe = demo_recipe(args.data_root)
     cfg = recipe.score

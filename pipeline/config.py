@@ -127,7 +127,7 @@ class OpenSLRSource:
 
 @dataclass(frozen=True)
 class CommonVoiceSource:
-    """A Common Voice release as Mozilla distributes it (see pipeline.corpora.commonvoice)."""
+    """A Common Voice release as Mozilla distributes it (pipeline.prepare.corpora.commonvoice)."""
 
     kind: Literal["commonvoice"]
     # the release's language folder (cv-corpus-<version>/en): <split>.tsv files and clips/;

@@ -15,7 +15,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from pipeline.corpora.l2arctic import SPEAKER_L1
+from pipeline.prepare.corpora.l2arctic import SPEAKER_L1
 from tests.factories import encode, speak
 
 SENTENCES = (

@@ -49,7 +49,7 @@ def dummy_row(i: int, audio_path: str, **kw) -> dict:
 
 def split_entries(entries) -> tuple[list, list]:
     """A source's output as (candidates, rejects)."""
-    from pipeline.corpora.base import Candidate, Reject
+    from pipeline.prepare.corpora.base import Candidate, Reject
 
     entries = list(entries)
     return (

@@ -1,8 +1,8 @@
 import numpy as np
 
 from pipeline.config import AsteriskSource
-from pipeline.corpora import asterisk
-from pipeline.corpora.base import Candidate, Limits, Reject, SourceContext, ingest
+from pipeline.prepare.corpora import asterisk
+from pipeline.prepare.corpora.base import Candidate, Limits, Reject, SourceContext, ingest
 
 
 def ctx(tmp_path):

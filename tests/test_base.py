@@ -3,7 +3,7 @@
 import pytest
 
 from pipeline.config import Keep
-from pipeline.corpora.base import bucket, check_text, kept
+from pipeline.prepare.corpora.base import bucket, check_text, kept
 
 
 @pytest.mark.parametrize(

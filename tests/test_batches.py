@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.batches import Collator, EpochBatches
 from pipeline.config import ModelConfig
+from pipeline.finetune.batches import Collator, EpochBatches
 from pipeline.models import loader
 
 DURATIONS = np.random.default_rng(0).uniform(1.0, 6.0, size=97)
@@ -75,7 +75,7 @@ def test_a_fixed_share_of_files_is_read_through_a_telephone_band(speech, tmp_pat
     from scipy.signal import welch
 
     from pipeline import audio
-    from pipeline.batches import Utterances
+    from pipeline.finetune.batches import Utterances
 
     paths = []
     for i in range(40):
@@ -105,7 +105,7 @@ def test_the_telephone_band_enters_the_training_key_only_when_set():
     from dataclasses import replace
 
     from pipeline.config import FinetuneConfig
-    from pipeline.finetune import training_settings
+    from pipeline.finetune.stage import training_settings
 
     plain = training_settings(FinetuneConfig())
     assert "narrowband_fraction" not in plain  # runs trained before it keep their key

@@ -16,9 +16,9 @@ import soundfile as sf
 import torch
 
 from pipeline import audio
-from pipeline.corpora.asterisk import read_transcripts, speech_text
 from pipeline.errors import UserError
 from pipeline.models import bundled
+from pipeline.prepare.corpora.asterisk import read_transcripts, speech_text
 
 SOUNDS = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
 TRANSCRIPTS = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")

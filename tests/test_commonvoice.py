@@ -9,9 +9,9 @@ import pytest
 import soundfile as sf
 
 from pipeline.config import CommonVoiceSource, Keep
-from pipeline.corpora import commonvoice
-from pipeline.corpora.base import SourceContext
 from pipeline.errors import UserError
+from pipeline.prepare.corpora import commonvoice
+from pipeline.prepare.corpora.base import SourceContext
 from tests.corpus_fixtures import INDIA, commonvoice_release
 from tests.factories import assert_speech, split_entries
 

@@ -8,12 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import audio, cli, evaluate, manifest, prepare, text
+from pipeline import audio, cli, manifest, text
 from pipeline.audio import SAMPLE_RATE
 from pipeline.config import ModelConfig, load_recipe
 from pipeline.errors import UserError
+from pipeline.evaluate import stage as evaluate
 from pipeline.models import loader
 from pipeline.models.whisper import Whisper
+from pipeline.prepare import stage as prepare
 from tests.factories import dummy_row
 
 RECIPE = {

@@ -8,9 +8,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from pipeline import evaluate, experiment, manifest, prepare, resources
+from pipeline import experiment, manifest, resources
 from pipeline.config import load_recipe
 from pipeline.errors import RecipeError
+from pipeline.evaluate import stage as evaluate
+from pipeline.prepare import stage as prepare
 from tests.factories import ACCENTS, NOISES, TEXTS, fake_scored_set, write_subset
 
 
@@ -153,7 +155,8 @@ def test_quick_experiment_trains_evaluates_and_reports(
 
 
 def test_run_all_runs_the_stages_in_order_and_times_them(write_recipe, monkeypatch, capsys):
-    from pipeline import score, select
+    from pipeline.score import stage as score
+    from pipeline.select import stage as select
 
     recipe = load_recipe(write_recipe({}))
     calls = []

@@ -12,9 +12,11 @@ import pytest
 import torch
 import transformers
 
-from pipeline import audio, cli, finetune, finetune_io, forgetting, manifest, validation
+from pipeline import audio, cli, manifest
 from pipeline.config import ModelConfig
 from pipeline.errors import UserError
+from pipeline.finetune import checkpoints, forgetting, validation
+from pipeline.finetune import stage as finetune
 from pipeline.models import loader
 from pipeline.models.whisper import Whisper
 from tests.factories import TEXTS, dummy_row, weights, write_subset
@@ -262,17 +264,17 @@ def test_dev_curve_and_best_survive_resume(ft_recipe, monkeypatch):
     _, recipe = ft_recipe(steps=6, save_every=2, eval_every=2)
     write_dev(recipe.root)
     seen = scripted_wers(monkeypatch, [0.3, 0.4, 0.5])
-    saved = finetune_io.save_checkpoint
+    saved = checkpoints.save_checkpoint
 
     def save_then_die(accelerator, checkpoints, step, progress, key):
         saved(accelerator, checkpoints, step, progress, key)
         if step == 4:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(finetune_io, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(checkpoints, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         finetune.run(recipe)
-    monkeypatch.setattr(finetune_io, "save_checkpoint", saved)
+    monkeypatch.setattr(checkpoints, "save_checkpoint", saved)
     best = recipe.root / "finetune" / "rsft" / "best"
     shutil.rmtree(best)
     best.mkdir()

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 
 from pipeline.errors import UserError
-from pipeline.fixed_budget import (
+from pipeline.select.fixed_budget import (
     fixed_budget_sample,
     inclusion_probabilities,
     rejection_inclusion,
     systematic_sample,
 )
-from pipeline.sampling import rejection_sample
+from pipeline.select.sampling import rejection_sample
 
 N, K, DRAWS = 8000, 300, 4000
 

@@ -7,10 +7,12 @@ import torch
 import transformers
 from safetensors.torch import load_file
 
-from pipeline import audio, finetune, forgetting, manifest
-from pipeline.batches import Collator
+from pipeline import audio, manifest
 from pipeline.config import ModelConfig
 from pipeline.errors import UserError
+from pipeline.finetune import forgetting
+from pipeline.finetune import stage as finetune
+from pipeline.finetune.batches import Collator
 from pipeline.fsio import read_json
 from pipeline.models import loader
 from tests.factories import TEXTS, dummy_row, speak, weights

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.corpora import grammar
+from pipeline.prepare.corpora import grammar
 
 PARTS = ("train", "dev", "test")  # template/value parts; 'heldout' uses the train part
 SPEAKABLE = re.compile(r"[A-Z][A-Za-z']*(,? [A-Za-z']+)*[.?]")
@@ -181,7 +181,7 @@ def test_sample_is_fast():
 
 def test_same_sentences_whatever_the_python_hash_seed():
     code = (
-        "import numpy as np; from pipeline.corpora import grammar; "
+        "import numpy as np; from pipeline.prepare.corpora import grammar; "
         "print(grammar.count('test'), grammar.sample('test', 30, np.random.default_rng(3)))"
     )
     root = Path(__file__).resolve().parents[1]

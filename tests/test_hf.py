@@ -14,9 +14,9 @@ import pytest
 import soundfile as sf
 
 from pipeline.config import HFSource, Keep
-from pipeline.corpora import hf
-from pipeline.corpora.base import Candidate, Reject, SourceContext, take
 from pipeline.errors import UserError
+from pipeline.prepare.corpora import hf
+from pipeline.prepare.corpora.base import Candidate, Reject, SourceContext, take
 from tests.factories import assert_speech, split_entries
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")

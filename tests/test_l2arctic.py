@@ -9,9 +9,9 @@ import pytest
 import soundfile as sf
 
 from pipeline.config import Keep, L2ArcticSource
-from pipeline.corpora import l2arctic
-from pipeline.corpora.base import SourceContext
 from pipeline.errors import UserError
+from pipeline.prepare.corpora import l2arctic
+from pipeline.prepare.corpora.base import SourceContext
 from tests.corpus_fixtures import ARCTIC_PROMPTS, l2arctic_folder
 from tests.factories import assert_speech, split_entries
 

@@ -10,9 +10,9 @@ import pytest
 import soundfile as sf
 
 from pipeline.config import LocalSource
-from pipeline.corpora import local
-from pipeline.corpora.base import Candidate, Reject, SourceContext
 from pipeline.errors import UserError
+from pipeline.prepare.corpora import local
+from pipeline.prepare.corpora.base import Candidate, Reject, SourceContext
 from tests.factories import assert_speech, split_entries
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")

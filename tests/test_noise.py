@@ -4,8 +4,8 @@ import soundfile as sf
 
 from pipeline import audio
 from pipeline.config import NoiseConfig, PrepareConfig
-from pipeline.corpora import noise
 from pipeline.errors import UserError
+from pipeline.prepare.corpora import noise
 
 PREP = PrepareConfig()
 

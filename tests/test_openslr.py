@@ -22,10 +22,10 @@ import soundfile as sf
 import soxr
 
 from pipeline.config import Keep, OpenSLRSource
-from pipeline.corpora import archives, openslr
-from pipeline.corpora.base import Candidate, Limits, Reject, SourceContext, ingest
 from pipeline.errors import UserError
 from pipeline.fsio import file_sha256
+from pipeline.prepare.corpora import archives, openslr
+from pipeline.prepare.corpora.base import Candidate, Limits, Reject, SourceContext, ingest
 
 RATE = 16000
 # <subset>, <speaker>, <chapter>, espeak voice, [(utterance number, text, has audio)]

@@ -12,11 +12,12 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from pipeline import manifest, prepare
+from pipeline import manifest
 from pipeline.config import SynthSource, load_recipe
-from pipeline.corpora import synth
-from pipeline.corpora.base import SourceContext
 from pipeline.fsio import file_sha256, read_json
+from pipeline.prepare import stage as prepare
+from pipeline.prepare.corpora import synth
+from pipeline.prepare.corpora.base import SourceContext
 from tests.factories import speak
 
 TINY = {

@@ -5,7 +5,7 @@ import pytest
 from scipy.stats import spearmanr
 
 from pipeline.errors import UserError
-from pipeline.ratios import (
+from pipeline.select.ratios import (
     balanced_target,
     classifier_log_ratio,
     combine,

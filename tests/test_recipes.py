@@ -13,11 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import manifest, prepare
+from pipeline import manifest
 from pipeline.config import load_recipe
-from pipeline.corpora.base import bucket
-from pipeline.corpora.l2arctic import SPEAKER_L1
 from pipeline.fsio import file_sha256
+from pipeline.prepare import stage as prepare
+from pipeline.prepare.corpora.base import bucket
+from pipeline.prepare.corpora.l2arctic import SPEAKER_L1
 from tests import corpus_fixtures as fixtures
 
 RECIPES = sorted(Path("recipes").glob("*.yaml"))

@@ -15,11 +15,14 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from pipeline import cli, evaluate, manifest, report_stats, select
+from pipeline import cli, manifest
 from pipeline.config import load_recipe
+from pipeline.evaluate import stage as evaluate
 from pipeline.fsio import write_json
 from pipeline.models import loader
 from pipeline.models.base import SpeechModel
+from pipeline.report import stats as report_stats
+from pipeline.select import stage as select
 from tests.factories import ACCENTS, NOISES, dummy_row, fake_scored_set
 
 TEXT = "please open the door"  # 4 words; a wrong utterance is 1 substitution

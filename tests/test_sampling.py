@@ -7,7 +7,7 @@ import pytest
 from scipy.stats import chisquare
 
 from pipeline.errors import UserError
-from pipeline.sampling import (
+from pipeline.select.sampling import (
     diagnostics,
     effective_sample_size,
     group_shares,

@@ -9,11 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import prepare, score, select
 from pipeline.config import load_recipe
 from pipeline.errors import UserError
 from pipeline.manifest import read as manifest_read
 from pipeline.manifest import write as manifest_write
+from pipeline.prepare import stage as prepare
+from pipeline.score import stage as score
+from pipeline.select import stage as select
 
 
 @pytest.fixture

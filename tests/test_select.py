@@ -6,9 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import manifest, select
+from pipeline import manifest
 from pipeline.config import load_recipe
 from pipeline.errors import UserError
+from pipeline.select import stage as select
 from tests.factories import ACCENTS, NOISES, fake_scored_set
 
 

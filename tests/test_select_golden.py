@@ -43,7 +43,7 @@ def scored_recipe(tmp_path: Path):
 
 
 def selections(tmp_path: Path) -> dict:
-    from pipeline import select
+    from pipeline.select import stage as select
 
     recipe = scored_recipe(tmp_path)
     select.run(recipe)

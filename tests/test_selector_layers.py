@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import select
 from pipeline.config import load_recipe
+from pipeline.select import stage as select
 from tests.factories import ACCENTS, NOISES, fake_scored_set
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "selector_layers.py"

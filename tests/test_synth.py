@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 
 from pipeline.config import SynthPart, SynthSource
-from pipeline.corpora import synth, texts
-from pipeline.corpora.base import SourceContext
 from pipeline.errors import UserError
+from pipeline.prepare.corpora import synth, texts
+from pipeline.prepare.corpora.base import SourceContext
 
 
 def ctx(tmp_path, name="s"):

@@ -28,8 +28,19 @@ from tqdm import tqdm
 
 from pipeline import __version__, manifest, resources
 from pipeline.config import OpenSLRSource, Recipe, SetConfig
-from pipeline.corpora import asterisk, commonvoice, hf, l2arctic, local, noise, openslr, synth
-from pipeline.corpora.base import (
+from pipeline.errors import UserError
+from pipeline.fsio import fingerprint, read_json, write_json, write_text
+from pipeline.prepare.corpora import (
+    asterisk,
+    commonvoice,
+    hf,
+    l2arctic,
+    local,
+    noise,
+    openslr,
+    synth,
+)
+from pipeline.prepare.corpora.base import (
     Candidate,
     Limits,
     Reject,
@@ -37,8 +48,6 @@ from pipeline.corpora.base import (
     audio_file_name,
     ingest,
 )
-from pipeline.errors import UserError
-from pipeline.fsio import fingerprint, read_json, write_json, write_text
 from pipeline.typed import to_dict
 
 log = logging.getLogger(__name__)

@@ -17,9 +17,9 @@ import numpy as np
 
 from pipeline import audio
 from pipeline.config import NoiseConfig, PrepareConfig
-from pipeline.corpora.base import audio_file_name
 from pipeline.errors import UserError
 from pipeline.fsio import stable_seed
+from pipeline.prepare.corpora.base import audio_file_name
 
 GENERATED = ("white", "pink")
 BABBLE = "babble"

@@ -17,10 +17,10 @@ import numpy as np
 
 from pipeline import audio
 from pipeline.config import SynthPart, SynthSource
-from pipeline.corpora import grammar, texts
-from pipeline.corpora.base import Candidate, SourceContext
 from pipeline.errors import UserError
 from pipeline.fsio import stable_seed
+from pipeline.prepare.corpora import grammar, texts
+from pipeline.prepare.corpora.base import Candidate, SourceContext
 
 # accent label -> voices. espeak-ng's English accents, plus flite's four voices.
 ACCENT_VOICES: dict[str, tuple[str, ...]] = {

@@ -15,7 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.config import LocalSource
-from pipeline.corpora.base import (
+from pipeline.errors import UserError
+from pipeline.prepare.corpora.base import (
     Candidate,
     Reject,
     SourceContext,
@@ -24,7 +25,6 @@ from pipeline.corpora.base import (
     kept,
     take,
 )
-from pipeline.errors import UserError
 
 SOURCE = "local"
 TABLE_SUFFIXES = (".tsv", ".csv")

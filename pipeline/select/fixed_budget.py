@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.errors import UserError
-from pipeline.sampling import Selection, _check_budget, _check_log_w
+from pipeline.select.sampling import Selection, _check_budget, _check_log_w
 
 CERTAIN = 1.0 - 1e-12  # pi at or above this is 1: float error must not leave it uncertain
 

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline.config import AsteriskSource
-from pipeline.corpora.base import Candidate, Reject, SourceContext, file_candidate, take
 from pipeline.errors import UserError
+from pipeline.prepare.corpora.base import Candidate, Reject, SourceContext, file_candidate, take
 
 SPEAKER = "asterisk-allison"
 ACCENT = "us"

@@ -23,9 +23,9 @@ from pathlib import Path
 
 from pipeline import audio
 from pipeline.config import CommonVoiceSource
-from pipeline.corpora.base import Candidate, Reject, SourceContext, check_text, kept, take
-from pipeline.corpora.local import read_table
 from pipeline.errors import UserError
+from pipeline.prepare.corpora.base import Candidate, Reject, SourceContext, check_text, kept, take
+from pipeline.prepare.corpora.local import read_table
 
 SOURCE = "commonvoice"
 # the codes of older releases and the labels that replaced them (Common Voice's suggested

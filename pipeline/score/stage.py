@@ -27,7 +27,7 @@ from tqdm import tqdm
 from pipeline import __version__, audio, manifest, metrics, resources, text
 from pipeline.config import Recipe
 from pipeline.errors import UserError
-from pipeline.evaluate import MODELS_DIR
+from pipeline.evaluate.stage import MODELS_DIR
 from pipeline.fsio import atomic_path, file_sha256, fingerprint, read_json, write_json
 from pipeline.models import loader
 from pipeline.models.base import SpeechModel, length_batches

@@ -1,6 +1,6 @@
 """Stage 4, finetune: train the recipe's model on one selected subset with Accelerate.
 
-Writes ``<data_dir>/finetune/<run>/`` (see ``pipeline.finetune_io``): checkpoints every
+Writes ``<data_dir>/finetune/<run>/`` (see ``pipeline.finetune.checkpoints``): checkpoints every
 ``save_every`` steps (``--resume`` continues from the last), the best dev model, the saved
 model and processor, a model card, the training log and TensorBoard events.
 
@@ -27,11 +27,12 @@ from accelerate.utils import broadcast_object_list, set_seed
 from torch.utils.data import DataLoader
 from transformers import get_linear_schedule_with_warmup
 
-from pipeline import __version__, finetune_io, forgetting, manifest, resources, validation
-from pipeline.batches import Collator, EpochBatches, Utterances
+from pipeline import __version__, manifest, resources
 from pipeline.config import FinetuneConfig, Recipe
 from pipeline.errors import UserError
-from pipeline.evaluate import MODELS_DIR
+from pipeline.evaluate.stage import MODELS_DIR
+from pipeline.finetune import checkpoints, forgetting, validation
+from pipeline.finetune.batches import Collator, EpochBatches, Utterances
 from pipeline.fsio import file_sha256, fingerprint, read_json
 from pipeline.models import loader
 from pipeline.models.base import SpeechModel
@@ -170,8 +171,8 @@ def training_function(
 
     step, losses, dev = 0, [], validation.fresh_state()
     stats = {"speech_s": 0.0, "input_s": 0.0, "train_s": 0.0}
-    checkpoints, best_dir = out / "checkpoints", out / "best"
-    found = finetune_io.last_checkpoint(checkpoints) if resume else None
+    checkpoint_dir, best_dir = out / "checkpoints", out / "best"
+    found = checkpoints.last_checkpoint(checkpoint_dir) if resume else None
     if found is not None:
         progress = read_json(found / "progress.json")
         if progress.get("key") != key:
@@ -182,9 +183,9 @@ def training_function(
         if main:
             log.info("resumed from %s", found)
     elif resume and main:
-        log.info("no checkpoint in %s: starting from step 0", checkpoints)
-    elif main and checkpoints.exists():
-        shutil.rmtree(checkpoints)  # a fresh run: stale checkpoints must not be resumed later
+        log.info("no checkpoint in %s: starting from step 0", checkpoint_dir)
+    elif main and checkpoint_dir.exists():
+        shutil.rmtree(checkpoint_dir)  # a fresh run: stale checkpoints must not be resumed later
     if main:  # the best model so far is the checkpoint's: a later one may be on disk
         shutil.rmtree(best_dir, ignore_errors=True)
         if dev["best"] is not None:
@@ -229,7 +230,7 @@ def training_function(
                 break
         if step % cfg.save_every == 0 and step < cfg.steps:
             progress = {"losses": losses, "dev": dev, "stats": stats}
-            finetune_io.save_checkpoint(accelerator, checkpoints, step, progress, key)
+            checkpoints.save_checkpoint(accelerator, checkpoint_dir, step, progress, key)
 
     accelerator.wait_for_everyone()
     totals = accelerator.reduce(
@@ -267,9 +268,9 @@ def training_function(
             if best is not None:
                 best.rename(trained_dir)
             else:
-                finetune_io.save_model(trained_dir, module, wrapped.processor)
+                checkpoints.save_model(trained_dir, module, wrapped.processor)
             module, best = _mixed(trained_dir, model_cfg, cfg), None
-        finetune_io.write_outputs(out, module, wrapped.processor, record, best)
+        checkpoints.write_outputs(out, module, wrapped.processor, record, best)
         log.info(
             "trained on %.0f s of audio in %.0f s (%.1f audio s/s), padding %.1f%%",
             record["speech_seconds"],
@@ -353,7 +354,7 @@ def _remix(recipe: Recipe, out: Path, record: dict, accelerator: Accelerator) ->
         processor = loader.load(replace(model_cfg, name=str(trained_dir)), MODELS_DIR).processor
         module = _mixed(trained_dir, model_cfg, cfg)
         record = {**record, "recipe": to_dict(recipe), "mix": mix(cfg)}
-        finetune_io.write_outputs(out, module, processor, record, None)
+        checkpoints.write_outputs(out, module, processor, record, None)
     accelerator.wait_for_everyone()
     return {**record, "recipe": to_dict(recipe), "mix": mix(cfg)}
 
@@ -465,7 +466,7 @@ def _validate(accelerator, model, wrapped, dev_sets, dev, step, best_dir, recipe
         module.train()
         improved = validation.record(dev, step, wers, cfg.guard_set, cfg.guard_tolerance)
         if improved:
-            finetune_io.save_model(best_dir, module, wrapped.processor)
+            checkpoints.save_model(best_dir, module, wrapped.processor)
         shown = ", ".join(f"{name} {wer:.4f}" for name, wer in wers.items())
         log.info("step %d dev WER %s%s", step, shown, " (best so far)" if improved else "")
         accelerator.log({f"dev/{name}_wer": wer for name, wer in wers.items()}, step=step)

@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable
 
 from pipeline import metrics
-from pipeline.report_stats import BUDGETLESS, PRETRAINED, SYSTEMS, Run, clusters, layout, matched
+from pipeline.report.stats import BUDGETLESS, PRETRAINED, SYSTEMS, Run, clusters, layout, matched
 
 Pair = tuple[Run, Run]  # (a reference run, the other system's run it is compared with)
 

@@ -22,7 +22,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from pipeline.errors import UserError
-from pipeline.sampling import encode_groups, group_label
+from pipeline.select.sampling import encode_groups, group_label
 
 MIN_TARGET_ROWS = 20  # below this the classifier's folds hold a handful of target rows each
 CLIP_EPS = 1e-6  # c is clipped to [eps, 1 - eps]: log-ratios stay within about +-13.8

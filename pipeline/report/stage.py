@@ -30,13 +30,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import report_compare as compare
-from pipeline import report_doc as doc
-from pipeline import report_plots
-from pipeline import report_stats as stats
 from pipeline.config import Recipe
 from pipeline.errors import UserError
 from pipeline.fsio import read_json, stable_seed, write_json
+from pipeline.report import compare, doc, plots, stats
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +180,7 @@ def selection_blocks(found: dict) -> list:
         )
     diagnostics = {m: d for m, d in found["diagnostics"].items() if m != "full"}
     if diagnostics:
-        png = report_plots.selection_shares(diagnostics)
+        png = plots.selection_shares(diagnostics)
         blocks.append(doc.Figure("selection_shares", png, "Group shares: pool, target, subsets"))
     rsft = found["diagnostics"].get("rsft")
     if rsft is not None:
@@ -198,7 +195,7 @@ def selection_blocks(found: dict) -> list:
         if found["selected_log_w"] is not None:
             series.append(("rsft selected", np.histogram(found["selected_log_w"], edges)[0]))
         series = [(label, np.broadcast_to(c, len(edges) - 1)) for label, c in series]
-        png = report_plots.log_ratio_histogram(edges, series)
+        png = plots.log_ratio_histogram(edges, series)
         blocks.append(doc.Figure("log_ratio", png, "rsft log-ratio histogram (symlog counts)"))
     return blocks
 
@@ -252,7 +249,7 @@ def build(recipe: Recipe, results: dict, runs: list, found: dict | None, logs: d
             (k, t) for k, t in _BAR_PANELS if any(s["wer"].get(k) for s in results["systems"])
         ]
         if panels:
-            png = report_plots.system_bars(results["systems"], panels)
+            png = plots.system_bars(results["systems"], panels)
             blocks.append(doc.Figure("systems", png, "WER per system (bars: seed mean)"))
     if results.get("second_reading", {}).get("systems"):
         second = results["second_reading"]
@@ -274,14 +271,14 @@ def build(recipe: Recipe, results: dict, runs: list, found: dict | None, logs: d
     ]
     if panels:
         blocks += [doc.Heading("Before and after fine-tuning")]
-        png = report_plots.wer_heatmaps(panels)
+        png = plots.wer_heatmaps(panels)
         blocks.append(
             doc.Figure(
                 "heatmap", png, "WER % per accent x SNR; target, clean and noisy test sets pooled"
             )
         )
     if table := doc.sweep(results):
-        png = report_plots.budget_sweep(results["sweep"])
+        png = plots.budget_sweep(results["sweep"])
         blocks += [
             doc.Heading("Budget sweep"),
             table,
@@ -294,7 +291,7 @@ def build(recipe: Recipe, results: dict, runs: list, found: dict | None, logs: d
     if found is not None:
         blocks += selection_blocks(found)
     if logs:
-        png = report_plots.training_curves(logs)
+        png = plots.training_curves(logs)
         blocks += [doc.Heading("Training"), doc.Figure("training", png, "Loss and dev WER per run")]
     return blocks
 

@@ -22,8 +22,8 @@ import soundfile as sf
 
 from pipeline import audio
 from pipeline.config import HFSource
-from pipeline.corpora.base import Candidate, Reject, SourceContext, check_text, kept, take
 from pipeline.errors import UserError
+from pipeline.prepare.corpora.base import Candidate, Reject, SourceContext, check_text, kept, take
 
 SOURCE = "hf"
 # files `save_to_disk` writes: one Dataset, or a DatasetDict of splits

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import forgetting
+from pipeline.finetune import forgetting
 from pipeline.fsio import write_json, write_text
 
 log = logging.getLogger(__name__)

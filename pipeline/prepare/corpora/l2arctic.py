@@ -18,7 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline.config import L2ArcticSource
-from pipeline.corpora.base import (
+from pipeline.errors import UserError
+from pipeline.prepare.corpora.base import (
     Candidate,
     Reject,
     SourceContext,
@@ -27,7 +28,6 @@ from pipeline.corpora.base import (
     kept,
     take,
 )
-from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """OpenSLR archives: download (resumable, checksum-verified), extract safely, parse.
 
-Downloading and extraction live in ``pipeline.corpora.archives``; this module knows the
+Downloading and extraction live in ``pipeline.prepare.corpora.archives``; this module knows the
 published checksums and the corpus layouts.
 
 Two layouts are understood: LibriSpeech (transcribed read speech) and MUSAN (noise, music and
@@ -15,9 +15,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline.config import OpenSLRSource
-from pipeline.corpora.archives import download, extract, is_extracted
-from pipeline.corpora.base import Candidate, Reject, SourceContext, file_candidate, kept, take
 from pipeline.errors import UserError
+from pipeline.prepare.corpora.archives import download, extract, is_extracted
+from pipeline.prepare.corpora.base import (
+    Candidate,
+    Reject,
+    SourceContext,
+    file_candidate,
+    kept,
+    take,
+)
 
 SOURCE = "openslr"
 MUSAN_CATEGORIES = ("music", "noise", "speech")

@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import fixed_budget, manifest, plots, ratios, resources, sampling
+from pipeline import manifest, resources
 from pipeline.config import Recipe, SelectConfig
 from pipeline.errors import UserError
 from pipeline.fsio import atomic_path, stable_seed, write_json, write_text
+from pipeline.select import fixed_budget, plots, ratios, sampling
 
 log = logging.getLogger(__name__)
 

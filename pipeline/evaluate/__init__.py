@@ -1,0 +1,6 @@
+"""Stage 5, evaluate: WER of a model on the test sets (``stage``), and paired comparison of
+two evaluated runs (``compare``, the ``rsft compare`` command)."""
+
+from pipeline.evaluate.stage import changes, compare, run
+
+__all__ = ["changes", "compare", "run"]

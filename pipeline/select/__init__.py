@@ -1,0 +1,6 @@
+"""Stage 3, select: density ratios (``ratios``), samplers (``sampling``, ``fixed_budget``),
+the baselines at the same budget, and their plots."""
+
+from pipeline.select.stage import run
+
+__all__ = ["run"]
