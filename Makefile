@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 RECIPE ?= recipes/demo.yaml
 ARGS ?=
 
-.PHONY: help setup debian venv demo compare test lint format prepare score select finetune evaluate report bench clean
+.PHONY: help setup debian venv demo experiment test lint format prepare score select finetune evaluate report bench clean
 
 help:
 	@echo "make demo       set up, then run the pipeline on recipes/demo.yaml"
@@ -15,7 +15,7 @@ help:
 	@echo "make finetune RECIPE=recipes/demo.yaml [ARGS='--subset random --resume']"
 	@echo "make evaluate RECIPE=recipes/demo.yaml [ARGS='--model PATH --name NAME']"
 	@echo "make report RECIPE=recipes/demo.yaml   (data/<recipe>/report/report.html)"
-	@echo "make compare RECIPE=recipes/demo.yaml   every stage, every selector x seeds + budget sweep, report"
+	@echo "make experiment RECIPE=recipes/demo.yaml   every stage, every selector x seeds + budget sweep"
 	@echo "make bench      benchmarks against the standard tools (after make demo; about 25 min)"
 	@echo "                -> benchmarks/RESULTS.md, benchmarks/results.json [ARGS='--only flops']"
 	@echo "make lint       ruff"
@@ -39,16 +39,16 @@ $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 	touch $@
 
 # make demo runs the quick comparison (experiment.quick_systems, one seed) to stay within
-# its time; make compare runs every selector over seeds plus the budget sweep.
+# its time; make experiment runs every selector over seeds plus the budget sweep.
 demo: setup
 	$(PY) -m pipeline run recipes/demo.yaml --quick
-	@echo "demo: a quick comparison (rsft and random, one seed, random read on the target test only;"
-	@echo "      experiment.quick_* in the recipe)."
-	@echo "      make compare RECIPE=recipes/demo.yaml trains every selector over 3 seeds plus a budget sweep."
+	@echo "demo: a quick comparison (rsft and random, one seed, read on the target test and real"
+	@echo "      speech; experiment.quick_* in the recipe)."
+	@echo "      make experiment RECIPE=recipes/demo.yaml trains every selector over 3 seeds plus a budget sweep."
 
 # every stage (each skips what is done), then every selector: wer_filter needs the pool's
 # greedy hypotheses, which the demo recipe leaves out for make demo's time
-compare: setup
+experiment: setup
 	$(PY) -m pipeline run $(RECIPE) --set score.hypotheses=true $(ARGS)
 
 # the tests also render the report's HTML in headless chromium

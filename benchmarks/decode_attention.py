@@ -51,10 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def readers(recipe, layout: str) -> dict:
     """Arm name -> (reader, context that the arm decodes in)."""
-    from pipeline.evaluate.stage import MODELS_DIR
     from pipeline.models import loader
 
-    sdpa = loader.load(replace(recipe.model, decode_attention="sdpa"), MODELS_DIR)
+    sdpa = loader.load(replace(recipe.model, decode_attention="sdpa"), recipe.tree.models)
     sdpa = loader.with_layout(sdpa, layout)
     fp32 = copy.copy(sdpa)  # the same weights
     fp32.decode_attention = "fp32"

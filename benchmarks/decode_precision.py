@@ -49,11 +49,10 @@ def arms(args, recipe) -> dict:
     """Arm name -> the loaded model (fp32 weights; bf16 as autocast)."""
     import torch
 
-    from pipeline.evaluate.stage import MODELS_DIR
     from pipeline.models import loader
 
-    fp32 = loader.load(replace(recipe.model, bf16=False), MODELS_DIR)
-    out = {"fp32": fp32, "bf16": loader.load(replace(recipe.model, bf16=True), MODELS_DIR)}
+    fp32 = loader.load(replace(recipe.model, bf16=False), recipe.tree.models)
+    out = {"fp32": fp32, "bf16": loader.load(replace(recipe.model, bf16=True), recipe.tree.models)}
     if args.int8:
         int8 = copy.copy(fp32)
         int8.model = torch.ao.quantization.quantize_dynamic(

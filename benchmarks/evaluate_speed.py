@@ -35,7 +35,6 @@ import harness
 import numpy as np
 import pandas as pd
 from harness import (
-    REPO,
     add_arguments,
     command_line,
     demo_recipe,
@@ -96,14 +95,13 @@ def run(args: argparse.Namespace) -> dict:
     import torch
 
     from pipeline import audio, manifest, metrics, text
-    from pipeline.evaluate import stage as evaluate
     from pipeline.models import bundled, loader
 
     recipe = demo_recipe(args.data_root)
     sets = [manifest.read(manifest_path(args.data_root, name)) for name in args.sets]
     frame = pd.concat([sample(f, args.utterances) for f in sets]).reset_index(drop=True)
     audio_s = float(frame["duration_s"].sum())
-    models_dir = REPO / evaluate.MODELS_DIR
+    models_dir = recipe.tree.models
     stage = loader.load(recipe.model, models_dir)  # converts the bundled model once
     converted = models_dir / bundled.CACHE_NAME
     threads = torch.get_num_threads()

@@ -181,11 +181,10 @@ def train_standard(recipe, spec: dict, work: Path) -> dict:
     import transformers
 
     from pipeline import audio
-    from pipeline.evaluate.stage import MODELS_DIR
     from pipeline.models import loader
 
     start = time.perf_counter()
-    wrapped = loader.load(recipe.model, MODELS_DIR)
+    wrapped = loader.load(recipe.model, recipe.tree.models)
     load_s = time.perf_counter() - start
     model, processor = wrapped.model, wrapped.processor
     cfg = recipe.finetune
@@ -285,7 +284,7 @@ def dev_wer(recipe, model_name: str, data_root: Path, dev: int, layouts, out: Pa
     from pipeline.evaluate import stage as evaluate
     from pipeline.models import loader
 
-    model = loader.load(replace(recipe.model, name=model_name), evaluate.MODELS_DIR)
+    model = loader.load(replace(recipe.model, name=model_name), recipe.tree.models)
     frame = manifest.read(data_root / "prepare" / "manifests" / f"{DEV_SET}.parquet")
     frame = frame.sort_values("id", kind="stable").head(dev).reset_index(drop=True)
     settings = replace(recipe, evaluate=replace(recipe.evaluate, limit=None))

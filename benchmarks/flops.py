@@ -3,7 +3,7 @@
 The step is the finetune stage's: recipes/demo.yaml's model (the bundled Whisper tiny.en) and
 finetune settings, its first batch of the demo's ``rsft`` subset as the stage's own loader
 builds it (``pipeline.finetune.get_dataloaders``: packed 30 s windows, teacher-forcing tokens),
-the stage's loss (``pipeline.forgetting.forward``), backward, and fused AdamW, fp32 on the CPU.
+the stage's loss (``SpeechModel.training_loss``), backward, and fused AdamW, fp32 on the CPU.
 
 FLOPs are counted from the model's operations by ``torch.utils.flop_counter.FlopCounterMode``
 (matrix products, convolutions and attention, forward and backward; elementwise work and the
@@ -23,7 +23,7 @@ import time
 from dataclasses import replace
 
 import harness
-from harness import REPO, add_arguments, command_line, demo_recipe, need, setup
+from harness import add_arguments, command_line, demo_recipe, need, setup
 
 PHASES = ("forward", "backward", "optimizer")
 
@@ -47,30 +47,27 @@ def training_step(args, recipe):
     import torch
 
     from pipeline import manifest
-    from pipeline.evaluate.stage import MODELS_DIR
-    from pipeline.finetune import forgetting
     from pipeline.finetune.stage import get_dataloaders
     from pipeline.models import loader
 
     cfg = replace(recipe.finetune, batch_size=args.batch_size or recipe.finetune.batch_size)
     seed = recipe.seed if cfg.seed is None else cfg.seed
     subset = need(args.data_root / "select" / cfg.subset / "subset.parquet", "select")
-    wrapped = loader.load(replace(recipe.model, layout=cfg.layout), REPO / MODELS_DIR)
+    wrapped = loader.load(replace(recipe.model, layout=cfg.layout), recipe.tree.models)
     train_loader, sampler = get_dataloaders(
         manifest.read(subset), None, wrapped, cfg, recipe.model.context_s, seed
     )
     sampler.use_epoch(0)
     batch = dict(next(iter(train_loader)))
     speech_s, input_s = float(batch.pop("speech_s")), float(batch.pop("input_s"))
-    seconds = batch["input_features"].shape[-1] / 100  # 10 ms log-mel frames
     model = wrapped.model.train()
-    forgetting.freeze(model, cfg.train)
+    wrapped.freeze(model, cfg.train)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
 
     def forward():
-        with wrapped.context(seconds):
-            return forgetting.forward(model, batch)[0]
+        with wrapped.training_context(batch):
+            return wrapped.training_loss(model, batch)[0]
 
     def step(times: dict | None = None):
         marks = [time.perf_counter()]

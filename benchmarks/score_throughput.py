@@ -35,7 +35,6 @@ from dataclasses import replace
 import harness
 import numpy as np
 from harness import (
-    REPO,
     add_arguments,
     command_line,
     demo_recipe,
@@ -109,14 +108,13 @@ def run(args: argparse.Namespace) -> dict:
     import torch
 
     from pipeline import manifest
-    from pipeline.evaluate.stage import MODELS_DIR
     from pipeline.models import loader
     from pipeline.score import stage as score
 
     recipe = demo_recipe(args.data_root)
     cfg = recipe.score
     frame = sample(manifest.read(manifest_path(args.data_root, args.set)), args.utterances)
-    stage = loader.load(replace(recipe.model, layout=cfg.layout), REPO / MODELS_DIR)
+    stage = loader.load(replace(recipe.model, layout=cfg.layout), recipe.tree.models)
     arms = {"stage": stage} | {name: loader.with_layout(stage, name) for name in args.layouts}
 
     def shard(model, rows):

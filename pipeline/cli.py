@@ -111,7 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
         stage.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
         stage.set_defaults(func=func)
         if name == "finetune":
-            stage.add_argument("--subset", help="select method to train on (default: the recipe's)")
+            stage.add_argument(
+                "--subset",
+                help="the subset to train on: a selector, or variants/k<K>-s<S>/<selector> "
+                "(default: finetune.subset)",
+            )
             stage.add_argument(
                 "--resume", action="store_true", help="continue from the last checkpoint"
             )

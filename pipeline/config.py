@@ -15,6 +15,7 @@ import yaml
 
 from pipeline import typed
 from pipeline.errors import RecipeError
+from pipeline.layout import SELECTORS, DataTree, Selector
 
 Split = Literal["pool", "target", "dev", "test"]
 NoiseRegion = Literal["train", "dev", "test"]
@@ -249,26 +250,13 @@ class ScoreConfig:
     shard_size: int = 512  # utterances per resumable piece
 
 
-# the select methods, each of which trains a system of the comparison (one list for select,
-# the experiment and the report)
-SYSTEMS = (
-    "rsft",
-    "random",
-    "oracle",
-    "full",
-    "wer_filter",
-    "importance",
-    "labelled_target",
-    "rsft_labelled",
-)
-
-
 @dataclass(frozen=True)
 class SelectConfig:
     pool: str = "pool"  # the labelled pool set
     target: str | None = "target"  # the unlabelled target-sample set
     budget: int = 300  # utterances per subset
-    methods: tuple[str, ...] = SYSTEMS
+    # how subsets are drawn, each training one system of the comparison (layout.SELECTORS)
+    selectors: tuple[Selector, ...] = SELECTORS
     # a labelled set from the target condition (a user's transcribed target requests, e.g.
     # the size of dev_target, disjoint from every test set): 'labelled_target' trains on it
     # alone, 'rsft_labelled' on it plus rsft's draw of the rest of the budget from the pool
@@ -288,7 +276,7 @@ class SelectConfig:
     pca_dim: int | None = None
     beta: float = 1.0  # difficulty tilt exp(beta * loss)
     # rsft's and oracle's draw of `budget` rows: 'fixed_budget' (exact: row x is selected with
-    # probability min(1, c w(x)), c set so that the budget is met; pipeline/fixed_budget.py)
+    # probability min(1, c w(x)), c set so that the budget is met; pipeline/select/fixed_budget.py)
     # or 'rejection' (accept when u < w/M, in passes until the budget is met: exact only
     # within the first pass, later passes drift toward low-weight rows)
     sampler: Literal["fixed_budget", "rejection"] = "fixed_budget"
@@ -322,7 +310,7 @@ class EvaluateConfig:
 class FinetuneConfig:
     """Stage 4: fine-tune the recipe's model on one selected subset with Accelerate."""
 
-    subset: str = "rsft"  # select method whose data/<recipe>/select/<subset>/subset.parquet trains
+    subset: str = "rsft"  # select/<subset>/subset.parquet trains: a selector, or a variant's
     steps: int = 150  # optimizer steps (each of grad_accum batches)
     batch_size: int = 8  # utterances per batch per process (packed: before packing)
     grad_accum: int = 1  # batches per optimizer step
@@ -437,11 +425,11 @@ class ExperimentConfig:
     finetune settings at the same budget, over seeds, plus a budget sweep; then evaluate and
     report. ``--quick`` (make demo) runs only the quick_* part."""
 
-    systems: tuple[str, ...] = SYSTEMS
+    systems: tuple[Selector, ...] = SELECTORS  # each selector's subset, fine-tuned
     seeds: tuple[int, ...] = (0, 1, 2)  # selection draw and training order
     sweep_budgets: tuple[int, ...] = (100, 1000)  # besides select.budget
-    sweep_systems: tuple[str, ...] = ("rsft", "random")
-    quick_systems: tuple[str, ...] = ("rsft", "random")
+    sweep_systems: tuple[Selector, ...] = ("rsft", "random")
+    quick_systems: tuple[Selector, ...] = ("rsft", "random")
     quick_seeds: tuple[int, ...] = (0,)
     # --quick: the systems other than rsft (the baselines) are read on these test sets only;
     # () reads them on every test set. A later run without --quick reads the others
@@ -482,6 +470,11 @@ class Recipe:
     @property
     def root(self) -> Path:
         return Path(self.data_dir or f"data/{self.name}")
+
+    @property
+    def tree(self) -> DataTree:
+        """Every path the stages read and write under the data root."""
+        return DataTree(self.root)
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:

@@ -2,10 +2,10 @@
 same settings at the same budget, over several seeds, plus a budget sweep; each model
 evaluated on the test sets; then the report.
 
-Runs are named as ``pipeline.report`` reads them: ``<system>`` (the recipe's seed and budget),
-``<system>-s<seed>`` and ``<system>-k<budget>-s<seed>``; fine-tuned models live in
-``finetune/<run>/`` and their results in ``evaluate/<run>/``. Selections for other seeds and
-budgets are drawn into ``select/variants/k<budget>-s<seed>/``. Every step skips work whose
+Runs are named by ``layout.run_name`` (``<selector>`` at the recipe's seed and budget,
+``<selector>-s<seed>``, ``<selector>-k<budget>-s<seed>``), as the report parses them;
+``layout.DataTree`` places their models, readings and the selections for other seeds and
+budgets. Every step skips work whose
 inputs are unchanged, so a second run (or a rerun after a kill) only does what is missing.
 """
 
@@ -15,7 +15,7 @@ import logging
 import time
 from dataclasses import dataclass, replace
 
-from pipeline import evaluate, finetune, report, resources, select
+from pipeline import evaluate, finetune, layout, report, resources, select
 from pipeline.config import ModelConfig, Recipe
 from pipeline.fsio import write_json
 
@@ -24,16 +24,20 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Arm:
-    system: str  # select method whose subset trains
+    system: str  # the selector whose subset trains
     seed: int
     budget: int
 
     def name(self, recipe: Recipe) -> str:
-        if self.budget != recipe.select.budget:
-            return f"{self.system}-k{self.budget}-s{self.seed}"
-        if self.seed != recipe.seed:
-            return f"{self.system}-s{self.seed}"
-        return self.system
+        return layout.run_name(
+            self.system, self.seed, self.budget, recipe.seed, recipe.select.budget
+        )
+
+    def subset(self, recipe: Recipe) -> str:
+        """The subset's name under select/: the main selection, or a variant's."""
+        return layout.subset_name(
+            self.system, self.seed, self.budget, recipe.seed, recipe.select.budget
+        )
 
 
 def plan(recipe: Recipe, quick: bool) -> list[Arm]:
@@ -63,13 +67,6 @@ def seeded(recipe: Recipe, seed: int, budget: int) -> Recipe:
     )
 
 
-def subset_name(recipe: Recipe, arm: Arm) -> str:
-    """The subset's folder under select/: the main selection, or a variant's."""
-    if arm.seed == recipe.seed and arm.budget == recipe.select.budget:
-        return arm.system
-    return f"variants/k{arm.budget}-s{arm.seed}/{arm.system}"
-
-
 def run_all(recipe: Recipe, quick: bool = False) -> dict:
     """Every stage in order (prepare, score, select, then the experiment), each skipping
     what is done; prints and writes (``report/timings.json``) the time each one took."""
@@ -96,7 +93,7 @@ def record_timings(recipe: Recipe, quick: bool, timings: dict[str, float]) -> No
     print(f"  on {host['cores']} cores, {host['cpu']}{isa}, {bf16}")
     stages = [{"stage": k, "seconds": round(v, 1)} for k, v in timings.items()]
     write_json(
-        recipe.root / "report" / "timings.json",
+        recipe.tree.report / "timings.json",
         {"quick": quick, "stages": stages, "machine": host},
     )
 
@@ -128,6 +125,7 @@ def run(recipe: Recipe, quick: bool = False, timings: dict[str, float] | None = 
 
     ``timings`` (stage -> seconds, from the stages before) is filled in as the steps finish."""
     arms = plan(recipe, quick)
+    tree = recipe.tree
     log.info("Experiment %s: %d arm(s)%s", recipe.name, len(arms), " (quick: make demo's)" * quick)
     timings = {} if timings is None else timings
     started = time.perf_counter()
@@ -139,25 +137,25 @@ def run(recipe: Recipe, quick: bool = False, timings: dict[str, float] | None = 
     read_all(eval_recipe, None, "pretrained")  # read as every fine-tuned model is
     timings["evaluate pretrained"] = time.perf_counter() - started
     selected: set[tuple[int, int]] = set()
-    if (recipe.root / "select" / "summary.json").exists():  # make select ran already
+    if (tree.select / "summary.json").exists():  # make select ran already
         selected.add((recipe.seed, recipe.select.budget))
     baseline_sets = recipe.experiment.quick_baseline_sets if quick else ()
     if baseline_sets:
         log.info("quick: systems other than rsft read %s only", ", ".join(baseline_sets))
     for arm in arms:
         variant = seeded(recipe, arm.seed, arm.budget)
-        name, subset = arm.name(recipe), subset_name(recipe, arm)
+        name, subset = arm.name(recipe), arm.subset(recipe)
         if (arm.seed, arm.budget) not in selected:
-            select.run(variant, (recipe.root / "select" / subset).parent)
+            select.run(variant, tree.subset(subset).parent.parent)
             selected.add((arm.seed, arm.budget))
-        if not (recipe.root / "select" / subset / "subset.parquet").exists():
+        if not tree.subset(subset).exists():
             log.warning("experiment: %s skipped: select wrote no %s subset", name, arm.system)
             continue
         started = time.perf_counter()
         finetune.run(variant, subset, name=name)
         timings[f"finetune {name}"] = time.perf_counter() - started
         started = time.perf_counter()
-        model_dir = recipe.root / "finetune" / name / "model"
+        model_dir = tree.model(name)
         reader = eval_recipe
         if baseline_sets and arm.system != "rsft":
             reader = replace(

@@ -34,7 +34,7 @@ def main() -> None:
     rows = []
     for seed in args.seeds:
         for sampler in ("fixed_budget", "rejection"):
-            cfg = replace(recipe.select, sampler=sampler, methods=("rsft", "oracle"))
+            cfg = replace(recipe.select, sampler=sampler, selectors=("rsft", "oracle"))
             with tempfile.TemporaryDirectory() as tmp:
                 select.run(replace(recipe, seed=seed, select=cfg), Path(tmp))
                 diag = json.loads((Path(tmp) / "rsft" / "diagnostics.json").read_text())

@@ -13,6 +13,7 @@ from pipeline.audio import SAMPLE_RATE
 from pipeline.config import ModelConfig, load_recipe
 from pipeline.errors import UserError
 from pipeline.evaluate import stage as evaluate
+from pipeline.evaluate.compare import changes, compare
 from pipeline.models import loader
 from pipeline.models.whisper import Whisper
 from pipeline.prepare import stage as prepare
@@ -46,7 +47,6 @@ RECIPE = {
 
 @pytest.fixture
 def prepared(write_recipe, tmp_path, monkeypatch):
-    monkeypatch.setattr(evaluate, "MODELS_DIR", tmp_path / "models")
     path = write_recipe(RECIPE)
     recipe = load_recipe(path)
     prepare.run(recipe)
@@ -90,7 +90,7 @@ def test_real_model_baseline_on_real_prompts(prepared):
     wer = table.set_index("set").loc["ast", "wer"]
     assert wer < 0.15  # tiny.en on clean real telephone prompts
     run = prepared.root / "evaluate" / "pretrained"
-    same = evaluate.compare(run, run, n_boot=200)
+    same = compare(run, run, n_boot=200)
     assert same["delta"].tolist() == [0.0] and same["p_value"].tolist() == [1.0]
 
 
@@ -106,7 +106,7 @@ def test_token_nll_scores_the_references_without_decoding_again(prepared, tiny_w
     frame = pd.read_parquet(prepared.root / "prepare" / "manifests" / "ast.parquet")
     assert sorted(per["id"]) == sorted(frame["id"])
     # the same as scoring each reference alone with the model's own loss
-    model = loader.load(ModelConfig(name=str(tiny_whisper_dir)), evaluate.MODELS_DIR)
+    model = loader.load(ModelConfig(name=str(tiny_whisper_dir)), prepared.tree.models)
     row = frame.iloc[0]
     alone = model.loss([audio.read(frame_path(prepared, row))[0]], [row["text"]])[0]
     got = per.set_index("id").loc[row["id"]]
@@ -119,7 +119,7 @@ def test_token_nll_scores_the_references_without_decoding_again(prepared, tiny_w
     assert (out / "ast" / "token_nll.json").stat().st_mtime_ns == nll_stamp  # kept
     # the real model predicts real prompts far better than a random one: B - A < 0
     evaluate.run(replace(scored, evaluate=replace(scored.evaluate, sets=("ast",))))
-    compared = evaluate.compare(out, prepared.root / "evaluate" / "pretrained", n_boot=200)
+    compared = compare(out, prepared.root / "evaluate" / "pretrained", n_boot=200)
     nll = json.loads((prepared.root / "evaluate" / "pretrained" / "compare-tiny.json").read_text())
     (row,) = nll["token_nll"]
     assert row["set"] == "ast" and row["delta"] < -1.0 and row["p_value"] < 0.05
@@ -177,14 +177,14 @@ def test_changes_lists_the_utterances_that_moved_worst_first(tmp_path, capsys):
         )
         for k, name in enumerate("ab")
     )
-    changed = evaluate.changes(a, b, "set", top=5)
+    changed = changes(a, b, "set", top=5)
     assert changed["id"].tolist() == ["u3", "u1", "u2"]  # worst loss first, then gains
     assert changed["delta"].tolist() == [3, 1, -1]
     printed = capsys.readouterr().out
     assert "errors 1 (A) -> 4 (B); 2 worse in B, 1 better" in printed
     assert "B   the town" in printed and "u4" not in printed
     with pytest.raises(UserError, match="no .*utterances.parquet"):
-        evaluate.changes(a, b, "missing")
+        changes(a, b, "missing")
     cli.main(["compare", str(a), str(b), "--bootstrap", "50", "--changes", "set", "--top", "1"])
     printed = capsys.readouterr().out
     assert "+3 u3" in printed and "-1 u2" in printed and "u1" not in printed  # one each way

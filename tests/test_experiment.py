@@ -1,5 +1,6 @@
 """The comparison end to end on a tiny model: select per seed, fine-tune, evaluate, report."""
 
+import importlib
 import itertools
 import json
 import os
@@ -8,10 +9,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from pipeline import experiment, manifest, resources
+from pipeline import experiment, finetune, manifest, resources
 from pipeline.config import load_recipe
 from pipeline.errors import RecipeError
-from pipeline.evaluate import stage as evaluate
 from pipeline.prepare import stage as prepare
 from tests.factories import ACCENTS, NOISES, TEXTS, fake_scored_set, write_subset
 
@@ -36,7 +36,7 @@ def test_plan_names_runs_as_the_report_reads_them(write_recipe):
     quick = [a.name(recipe) for a in experiment.plan(recipe, quick=True)]
     assert quick == ["rsft", "random"]
     arm = experiment.Arm("rsft", 1, 100)
-    assert experiment.subset_name(recipe, arm) == "variants/k100-s1/rsft"
+    assert arm.subset(recipe) == "variants/k100-s1/rsft"
 
 
 def test_systems_read_packed_get_the_gaps_they_were_trained_with(write_recipe):
@@ -56,7 +56,6 @@ def test_systems_read_packed_get_the_gaps_they_were_trained_with(write_recipe):
 def test_quick_experiment_trains_evaluates_and_reports(
     write_recipe, tmp_path, tiny_whisper_dir, monkeypatch
 ):
-    monkeypatch.setattr(evaluate, "MODELS_DIR", tmp_path / "models")
     root = tmp_path / "data"
     pool = [(a, n) for a in ACCENTS for n in NOISES for _ in range(30)]
     fake_scored_set(root, "pool", pool, np.random.default_rng(1))
@@ -92,7 +91,7 @@ def test_quick_experiment_trains_evaluates_and_reports(
                         },
                     ],
                 },
-                "select": {"budget": 8, "folds": 2, "methods": ["rsft", "random"]},
+                "select": {"budget": 8, "folds": 2, "selectors": ["rsft", "random"]},
                 "finetune": {
                     "steps": 2,
                     "batch_size": 4,
@@ -150,17 +149,24 @@ def test_quick_experiment_trains_evaluates_and_reports(
     for run in ("pretrained", "rsft", "random"):
         assert (root / "evaluate" / run / "test_extra" / "wer.json").exists(), run
     assert (root / "finetune" / "rsft" / "model" / "model.safetensors").stat().st_mtime_ns == stamp
+    # a data folder moves as a whole: a variant's subset still finds its audio, and trains
+    moved = tmp_path / "moved"
+    root.rename(moved)
+    subset = manifest.read(moved / "select" / "variants" / "k8-s1" / "rsft" / "subset.parquet")
+    assert all(p.startswith(str(moved)) and os.path.isfile(p) for p in subset["audio_path"])
+    there = replace(recipe, data_dir=str(moved), finetune=replace(recipe.finetune, steps=1))
+    record = finetune.run(there, "variants/k8-s1/rsft", name="after-move")
+    assert record["steps"] == 1 and (moved / "finetune" / "after-move" / "model").is_dir()
     with pytest.raises(RecipeError, match="quick_baseline_sets: 'nope'"):
         load_recipe(write_recipe({"experiment": {"quick_baseline_sets": ["nope"]}}))
 
 
 def test_run_all_runs_the_stages_in_order_and_times_them(write_recipe, monkeypatch, capsys):
-    from pipeline.score import stage as score
-    from pipeline.select import stage as select
-
     recipe = load_recipe(write_recipe({}))
     calls = []
-    for module, stage in ((prepare, "prepare"), (score, "score"), (select, "select")):
+    # the experiment calls each stage through its package
+    for stage in ("prepare", "score", "select"):
+        module = importlib.import_module(f"pipeline.{stage}")
         monkeypatch.setattr(module, "run", lambda r, stage=stage: calls.append(stage))
 
     def fake_experiment(r, quick, timings):
@@ -184,9 +190,13 @@ def test_run_all_runs_the_stages_in_order_and_times_them(write_recipe, monkeypat
 
 
 def test_a_second_reading_reads_every_system_again_under_its_own_name(write_recipe, monkeypatch):
+    import pipeline.evaluate
+
     calls = []
     monkeypatch.setattr(
-        evaluate, "run", lambda r, model=None, name=None: calls.append((r.model.layout, name))
+        pipeline.evaluate,
+        "run",
+        lambda r, model=None, name=None: calls.append((r.model.layout, name)),
     )
     recipe = load_recipe(write_recipe({"experiment": {"second_layout": "packed"}}))
     reader = replace(recipe, model=experiment.eval_model(recipe))

@@ -15,7 +15,7 @@ import transformers
 from pipeline import audio, cli, manifest
 from pipeline.config import ModelConfig
 from pipeline.errors import UserError
-from pipeline.finetune import checkpoints, forgetting, validation
+from pipeline.finetune import checkpoints, validation
 from pipeline.finetune import stage as finetune
 from pipeline.models import loader
 from pipeline.models.whisper import Whisper
@@ -84,9 +84,10 @@ def test_ctc_trains_with_frozen_feature_encoder(ft_recipe, tiny_ctc_dir):
     assert all(x is not None and x > 0 for x in record["losses"])
     model = transformers.Wav2Vec2ForCTC.from_pretrained(recipe.root / "finetune/rsft/model")
     assert model.config.vocab_size == 30
+    wrapped = loader.load(ModelConfig(name=str(tiny_ctc_dir)), tiny_ctc_dir)
     for train in ("decoder_only", "decoder_frozen", "decoder_lm_frozen"):
         with pytest.raises(UserError, match="needs Whisper"):
-            forgetting.freeze(model, train)
+            wrapped.freeze(model, train)
 
 
 def test_killed_run_resumes_to_the_same_weights(ft_recipe):
@@ -116,23 +117,23 @@ def test_killed_run_resumes_to_the_same_weights(ft_recipe):
 
 def test_nan_losses_are_skipped_then_stop_the_run(ft_recipe, monkeypatch):
     _, recipe = ft_recipe(steps=6, max_bad_steps=3)
-    real, calls = forgetting.forward, []
+    real, calls = Whisper.training_loss, []
 
-    def flaky(model, batch):
+    def flaky(self, model, batch):
         calls.append(1)
-        loss, logits, mask = real(model, batch)
+        loss, logits, mask = real(self, model, batch)
         return (loss * float("nan") if len(calls) == 2 else loss), logits, mask
 
-    monkeypatch.setattr(forgetting, "forward", flaky)
+    monkeypatch.setattr(Whisper, "training_loss", flaky)
     record = finetune.run(recipe)
     assert record["losses"][1] is None and record["bad_steps"] == 1
     assert all(torch.isfinite(t).all() for t in weights(recipe).values())
 
-    def infinite(model, batch):
-        loss, logits, mask = real(model, batch)
+    def infinite(self, model, batch):
+        loss, logits, mask = real(self, model, batch)
         return loss * float("inf"), logits, mask
 
-    monkeypatch.setattr(forgetting, "forward", infinite)
+    monkeypatch.setattr(Whisper, "training_loss", infinite)
     with pytest.raises(
         UserError, match="NaN or infinite, or no audio was readable, at 3 steps in a row"
     ):
@@ -142,10 +143,10 @@ def test_nan_losses_are_skipped_then_stop_the_run(ft_recipe, monkeypatch):
 def test_out_of_memory_names_the_setting_to_lower(ft_recipe, monkeypatch):
     _, recipe = ft_recipe(steps=2, batch_seconds=20.0)
 
-    def exhausted(model, batch):
+    def exhausted(self, model, batch):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr(forgetting, "forward", exhausted)
+    monkeypatch.setattr(Whisper, "training_loss", exhausted)
     with pytest.raises(UserError, match=r"out of GPU memory at step 1; lower finetune.batch_sec"):
         finetune.run(recipe)
 

@@ -48,8 +48,8 @@ def drift(recipe, pretrained_dir):
     waves = [audio.read(recipe.root / "audio" / f"u{i}.flac")[0] for i in range(3)]
     batch = Collator(wrapped, "packed", 8.0)(list(zip(waves, TEXTS, strict=True)))
     with torch.no_grad():
-        _, teacher, mask = forgetting.forward(before.eval(), batch)
-        _, student, _ = forgetting.forward(after.eval(), batch)
+        _, teacher, mask = wrapped.training_loss(before.eval(), batch)
+        _, student, _ = wrapped.training_loss(after.eval(), batch)
     return distance, forgetting.kl_divergence(teacher, student, mask).item()
 
 
@@ -113,8 +113,11 @@ def test_interpolate_mixes_each_parameter_once_and_keeps_a_new_head(tiny_whisper
     assert torch.equal(new_vocab.lm_head.weight, head)  # no pretrained counterpart: as trained
     with pytest.raises(ValueError, match="outside"):
         forgetting.interpolate(trained, pretrained, 1.5)
-    with pytest.raises(UserError, match="needs Whisper"):
+    with pytest.raises(ValueError, match="needs is_decoder"):
         forgetting.interpolate(new_vocab, ctc, 0.5, decoder_weight=0.5)
+    wrapped = loader.load(ModelConfig(name=str(tiny_ctc_dir)), tiny_ctc_dir)
+    with pytest.raises(UserError, match="CTC models have no decoder"):
+        forgetting.interpolate(new_vocab, ctc, 0.5, 0.5, wrapped.is_decoder)
 
 
 def test_the_decoder_takes_its_own_weight_in_the_mix(tiny_whisper_dir):
@@ -123,11 +126,12 @@ def test_the_decoder_takes_its_own_weight_in_the_mix(tiny_whisper_dir):
     with torch.no_grad():
         for param in trained.parameters():
             param.add_(1.0)
-    forgetting.interpolate(trained, pretrained, 0.75, decoder_weight=0.25)
+    whisper = loader.load(ModelConfig(name=str(tiny_whisper_dir)), tiny_whisper_dir)
+    forgetting.interpolate(trained, pretrained, 0.75, 0.25, whisper.is_decoder)
     start = dict(pretrained.named_parameters())
     parts = {"encoder": 0, "decoder": 0}
     for name, param in trained.named_parameters():
-        decoder = forgetting.is_decoder(name)
+        decoder = whisper.is_decoder(name)
         parts["decoder" if decoder else "encoder"] += 1
         torch.testing.assert_close(param, start[name] + (0.25 if decoder else 0.75))
     assert parts["decoder"] > 10 and parts["encoder"] > 10
@@ -159,6 +163,7 @@ def test_another_mix_is_saved_without_training_again(ft_recipe, tiny_whisper_dir
     trained = weights(recipe)
     start = load_file(tiny_whisper_dir / "model.safetensors")
     out = recipe.root / "finetune" / "rsft"
+    is_decoder = loader.load(ModelConfig(name=str(tiny_whisper_dir)), tiny_whisper_dir).is_decoder
 
     def no_training(*args, **kwargs):
         raise AssertionError("trained again")
@@ -169,10 +174,10 @@ def test_another_mix_is_saved_without_training_again(ft_recipe, tiny_whisper_dir
         record = finetune.run(mixed_recipe)
         assert record["key"] == first["key"] and record["losses"] == first["losses"]
         assert record["mix"] == {"interpolate": w, "interpolate_decoder": wd}
-        assert finetune.record_mix(read_json(out / "train_log.json")) == record["mix"]
+        assert read_json(out / "train_log.json")["mix"] == record["mix"]
         mixed = weights(mixed_recipe)
         for key, value in mixed.items():
-            a = wd if wd is not None and forgetting.is_decoder(key) else w
+            a = wd if wd is not None and is_decoder(key) else w
             torch.testing.assert_close(value, a * trained[key] + (1 - a) * start[key])
     assert (out / "trained").is_dir()
     # a training run saved mixed keeps its trained weights; without them it trains again

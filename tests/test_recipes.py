@@ -49,9 +49,7 @@ def prepare_recipe(name: str, tmp_path: Path, overrides: list[str]) -> dict[str,
         [f"data_dir={tmp_path / 'data'}", "prepare.workers=2", *overrides],  # 2 cores here
     )
     prepare.run(recipe)
-    return {
-        s.name: manifest.read(prepare.manifest_path(recipe, s.name)) for s in recipe.prepare.sets
-    }
+    return {s.name: manifest.read(recipe.tree.manifest(s.name)) for s in recipe.prepare.sets}
 
 
 def rejects(tmp_path: Path, set_name: str) -> dict[str, str]:

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from pipeline import cli, manifest
+from pipeline import cli, layout, manifest
 from pipeline.config import load_recipe
 from pipeline.evaluate import stage as evaluate
 from pipeline.fsio import write_json
@@ -59,7 +59,7 @@ RECIPE = {
             for name, rows in TEST_SETS.items()
         ]
     },
-    "select": {"budget": 20, "methods": ["rsft", "random", "oracle", "full"], "folds": 2},
+    "select": {"budget": 20, "selectors": ["rsft", "random", "oracle", "full"], "folds": 2},
     "evaluate": {"bootstrap": 20},
     "report": {"bootstrap": 200},
 }
@@ -90,6 +90,15 @@ class ScriptedModel(SpeechModel):
         raise NotImplementedError
 
     def loss(self, waves, texts):
+        raise NotImplementedError
+
+    def training_batch(self, waves, texts, layout):  # evaluate only: never trained
+        raise NotImplementedError
+
+    def training_loss(self, module, batch):
+        raise NotImplementedError
+
+    def freeze(self, module, train):
         raise NotImplementedError
 
 
@@ -144,12 +153,12 @@ def report(tree):
 
 
 def test_run_names_follow_one_convention():
-    parse = report_stats.parse_run_name
-    assert parse("pretrained", 0, 300) == report_stats.RunName("pretrained", None, None)
-    assert parse("rsft", 7, 300) == report_stats.RunName("rsft", 7, 300)
-    assert parse("wer_filter-s2", 0, 300) == report_stats.RunName("wer_filter", 2, 300)
-    assert parse("random-k50-s1", 0, 300) == report_stats.RunName("random", 1, 50, sweep=True)
-    assert parse("oracle-k50", 3, 300) == report_stats.RunName("oracle", 3, 50, sweep=True)
+    parse = layout.parse_run_name
+    assert parse("pretrained", 0, 300) == layout.RunName("pretrained", None, None)
+    assert parse("rsft", 7, 300) == layout.RunName("rsft", 7, 300)
+    assert parse("wer_filter-s2", 0, 300) == layout.RunName("wer_filter", 2, 300)
+    assert parse("random-k50-s1", 0, 300) == layout.RunName("random", 1, 50, sweep=True)
+    assert parse("oracle-k50", 3, 300) == layout.RunName("oracle", 3, 50, sweep=True)
     for name in ("mine", "rsft-s", "rsft-x1", "model", "rsft-s1-k50"):
         assert parse(name, 0, 300) is None
 
@@ -204,7 +213,7 @@ def test_table_aggregates_seeds_and_tests_rsft_against_each_system(report):
     assert tests[("random", 50, 0)]["delta"] == pytest.approx(0.025 - 0.125)
     assert tests[("random", 20, 1)]["run"] == "rsft-s1"
     assert tests[("random", 20, 0)]["delta"] == pytest.approx(0.05 - 0.15)
-    methods = {m["method"]: m for m in results["selection"]["methods"]}
+    methods = {m["selector"]: m for m in results["selection"]["selectors"]}
     assert methods["rsft"]["selected"] == 20 and methods["rsft"]["ess"] > 0
 
 

@@ -199,7 +199,7 @@ def test_scores_and_selection_ignore_row_order_and_batch_neighbours(
     data = {
         "model": {"name": str(tiny_whisper_dir)},
         "score": {"shard_size": 8, "batch_size": 4, "losses": True, "hypotheses": False},
-        "select": {"budget": 5, "methods": ["rsft", "random"], "folds": 2},
+        "select": {"budget": 5, "selectors": ["rsft", "random"], "folds": 2},
         "prepare": {
             "workers": 1,
             "sets": [

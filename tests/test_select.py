@@ -26,7 +26,7 @@ def recipe(write_recipe, tmp_path):
 
 
 def test_rsft_finds_the_target_condition_far_more_than_random(recipe):
-    table = select.run(recipe).set_index("method")
+    table = select.run(recipe).set_index("selector")
     rsft, random = table.loc["rsft"], table.loc["random"]
     assert rsft["selected"] == random["selected"] == 60
     pool_share = 40 / 2440  # what random selection holds in expectation
@@ -54,7 +54,7 @@ def test_same_seed_same_subset_and_skipped_baselines(recipe, tmp_path):
     scores = recipe.root / "score" / "pool" / "scores.parquet"
     table = pd.read_parquet(scores).assign(wer=np.nan)
     table.to_parquet(scores)
-    summary = select.run(recipe).set_index("method")
+    summary = select.run(recipe).set_index("selector")
     assert "score.hypotheses" in summary.loc["wer_filter", "skipped"]
 
 
@@ -80,12 +80,12 @@ def test_labelled_baselines_train_on_the_labelled_set_and_rsft_fills_the_rest(
                     "budget": 60,
                     "folds": 3,
                     "labelled_set": "labelled",
-                    "methods": ["rsft", "random", "labelled_target", "rsft_labelled"],
+                    "selectors": ["rsft", "random", "labelled_target", "rsft_labelled"],
                 },
             }
         )
     )
-    table = select.run(recipe).set_index("method")
+    table = select.run(recipe).set_index("selector")
     out = recipe.root / "select"
     alone = manifest.read(out / "labelled_target" / "subset.parquet")
     assert sorted(alone["id"]) == [f"labelled-{i:05d}" for i in range(25)]

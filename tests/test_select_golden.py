@@ -16,11 +16,12 @@ import numpy as np
 import pandas as pd
 
 from pipeline import manifest
-from pipeline.config import SYSTEMS, load_recipe
+from pipeline.config import load_recipe
+from pipeline.layout import SELECTORS
 from tests.factories import ACCENTS, NOISES, fake_scored_set
 
 GOLDEN = Path(__file__).parent / "data" / "select_golden.json"
-METHODS = [m for m in SYSTEMS if m not in ("labelled_target", "rsft_labelled")]
+METHODS = [m for m in SELECTORS if m not in ("labelled_target", "rsft_labelled")]
 
 
 def scored_recipe(tmp_path: Path):
@@ -35,7 +36,7 @@ def scored_recipe(tmp_path: Path):
             {
                 "name": "golden",
                 "data_dir": str(root),
-                "select": {"budget": 50, "folds": 3, "methods": METHODS},
+                "select": {"budget": 50, "folds": 3, "selectors": METHODS},
             }
         )
     )

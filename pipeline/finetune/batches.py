@@ -1,8 +1,8 @@
 """Training batches for stage 4: utterances from a manifest, a replayable order, model inputs.
 
-``Collator`` turns (wave, text) pairs into what the model's forward takes: Whisper log-mel
-windows (one utterance per window, or several packed into 30 s) with teacher-forcing tokens,
-or wav2vec2 input values with CTC character labels (-100 on padding).
+``Collator`` turns (wave, text) pairs into what the model's loss takes, as the model lays
+them out (``SpeechModel.training_batch``: Whisper log-mel windows, one utterance per window or
+several packed into 30 s, with teacher-forcing tokens; wav2vec2 input values with CTC labels).
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from torch.utils.data import Dataset, Sampler
 
 from pipeline import audio, text
 from pipeline.fsio import stable_seed
-from pipeline.models.base import SAMPLE_RATE, SpeechModel
-from pipeline.models.whisper import CHUNK_S, Whisper, Window
+from pipeline.models.base import SAMPLE_RATE, SpeechModel, TrainingLayout
 
 
 class Utterances(Dataset):
@@ -168,7 +167,8 @@ def _fill_by_seconds(order: np.ndarray, durations: np.ndarray, limit_s: float) -
 
 
 class Collator:
-    """Model inputs for a batch of (wave, text): Whisper windows and tokens, or CTC values.
+    """Model inputs for a batch of (wave, text), as the model lays them out for training
+    (``SpeechModel.training_batch``).
 
     Each batch also carries ``speech_s`` and ``input_s``: seconds of audio in it and seconds
     of model input (windows or padded rows), whose ratio is the padding fraction's complement.
@@ -184,10 +184,9 @@ class Collator:
         first_fit: bool = False,
         single_windows: int = 0,
     ):
-        self.model, self.layout, self.context_s = model, layout, context_s
+        self.model = model
+        self.layout = TrainingLayout(layout, context_s, gap_s, first_fit, single_windows)
         self.normalize = labels == "normalized"
-        self.gap_s, self.first_fit = gap_s, first_fit
-        self.single_windows = single_windows  # packed: utterances alone in a window each
 
     def __call__(self, items) -> dict[str, torch.Tensor]:
         items = [x for x in items if x is not None]
@@ -195,54 +194,6 @@ class Collator:
             return {}
         waves = [w for w, _ in items]
         texts = [text.normalize(t) if self.normalize else t for _, t in items]
-        if isinstance(self.model, Whisper):
-            batch = self._whisper(waves, texts)
-        else:
-            batch = self._ctc(waves, texts)
+        batch = self.model.training_batch(waves, texts, self.layout)
         batch["speech_s"] = torch.tensor(sum(len(w) for w in waves) / SAMPLE_RATE)
         return batch
-
-    def _whisper(self, waves, texts) -> dict[str, torch.Tensor]:
-        m = self.model
-        if self.layout == "packed":
-            # one window per group of utterances, the transcripts in order, one end of text
-            # the batch's order is random: its first utterances are the ones read alone
-            alone = min(self.single_windows, len(waves) - 1)
-            windows = m.pack(waves[alone:], self.gap_s, self.first_fit)
-            windows = [Window([k + alone for k in w.members], w.spans, w.wave) for w in windows]
-            windows = [
-                Window([k], [(0.0, len(waves[k]) / SAMPLE_RATE)], waves[k]) for k in range(alone)
-            ] + windows
-            waves = [w.wave for w in windows]
-            tokens = [
-                [t for k in w.members for t in m.text_tokens(texts[k])[:-1]] + [m.eot]
-                for w in windows
-            ]
-        else:
-            tokens = [m.text_tokens(t) for t in texts]
-        # short: the cut context only when every utterance fits (as Whisper.transcribe does)
-        fits = max(len(w) for w in waves) <= self.context_s * SAMPLE_RATE
-        seconds = self.context_s if self.layout == "short" and fits else CHUNK_S
-        inputs, labels = m._teacher_forcing(tokens)
-        return {
-            "input_features": m.features(waves, seconds).cpu(),
-            "decoder_input_ids": inputs.cpu(),
-            "labels": labels.cpu(),
-            "input_s": torch.tensor(len(waves) * seconds),
-        }
-
-    def _ctc(self, waves, texts) -> dict[str, torch.Tensor]:
-        batch = self.model.processor(
-            waves, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding=True
-        )
-        targets = [self.model.targets(t) for t in texts]
-        labels = torch.full((len(targets), max(map(len, targets))), -100, dtype=torch.long)
-        for row, seq in enumerate(targets):
-            labels[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask = batch.get("attention_mask", torch.ones_like(batch.input_values, dtype=torch.long))
-        return {
-            "input_values": batch.input_values,
-            "attention_mask": mask,
-            "labels": labels,
-            "input_s": torch.tensor(batch.input_values.numel() / SAMPLE_RATE),
-        }

@@ -1,6 +1,7 @@
 """What trains in stage 4, and what keeps the fine-tuned model close to the pretrained one.
 
-``freeze`` and ``add_lora`` choose the trainable part (finetune.train).
+The model chooses its trainable part (``SpeechModel.freeze``, finetune.train); ``add_lora``
+puts adapters on it instead.
 
 Fine-tuning a recogniser on a few hundred utterances of one condition gains there and loses
 on everything else (design.md: +3.5 to +7.5 WER points on real speech in a prototype). The
@@ -11,13 +12,15 @@ means offered here, each measured in recipes/RESULTS.md:
   pretrained weights for an L2-SP penalty (squared distance of the trained weights to them);
 - ``add_lora``: peft LoRA adapters, the base weights frozen; ``plain`` merges them back, so
   the saved model is an ordinary transformers model;
-- replay of pool data (``pipeline.batches.EpochBatches``) and a guard set watched during
-  training (``pipeline.validation``) live with the batches and the dev WER.
+- ``interpolate``: the saved weights mixed with the pretrained ones (WiSE-FT);
+- replay of pool data (``batches.EpochBatches``) and a guard set watched during training
+  (``validation``) live with the batches and the dev WER.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -26,62 +29,19 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from pipeline.config import FinetuneConfig
 from pipeline.errors import UserError
 
-
-def freeze(model: torch.nn.Module, train: str) -> None:
-    """Set requires_grad for the chosen part of the model (see FinetuneConfig.train)."""
-    whisper = model.config.model_type == "whisper"
-    if train in ("decoder_only", "decoder_frozen", "decoder_lm_frozen") and not whisper:
-        raise UserError(f"finetune.train: {train!r} needs Whisper; CTC models have no decoder")
-    if train in ("full", "lora"):  # LoRA: forgetting.add_lora freezes the base itself
-        return
-    if whisper:
-        core = model.model
-        frozen = {
-            "encoder_frozen": [core.encoder],
-            "decoder_only": [core.encoder, core.decoder.embed_tokens, core.decoder.embed_positions],
-            "decoder_frozen": [core.decoder],  # the output projection is tied to its embeddings
-            "decoder_lm_frozen": [core.decoder],  # its cross-attention trains again below
-            "feature_encoder_frozen": [core.encoder.conv1, core.encoder.conv2],
-        }[train]
-    else:
-        base = getattr(model, model.base_model_prefix)
-        frozen = {"encoder_frozen": [base], "feature_encoder_frozen": [base.feature_extractor]}[
-            train
-        ]
-    for module in frozen:
-        module.requires_grad_(False)
-    if train == "decoder_lm_frozen":  # what the decoder reads from the encoder still adapts
-        for layer in core.decoder.layers:
-            layer.encoder_attn.requires_grad_(True)
-            layer.encoder_attn_layer_norm.requires_grad_(True)
-
-
-def forward(model: torch.nn.Module, batch: dict[str, torch.Tensor]):
-    """(mean loss, logits, mask of the positions that count): token cross-entropy for Whisper,
-    CTC loss per frame for wav2vec2 (the mask marks frames of real audio)."""
-    if "input_features" in batch:
-        logits = model(
-            input_features=batch["input_features"], decoder_input_ids=batch["decoder_input_ids"]
-        ).logits
-        # flattened to (positions, vocabulary): a class dimension in the middle (B, V, L) made
-        # the loss 3 times slower on the CPU
-        flat = logits.float().reshape(-1, logits.shape[-1])
-        loss = F.cross_entropy(flat, batch["labels"].reshape(-1), ignore_index=-100)
-        return loss, logits, batch["labels"] != -100
-    out = model(**batch)
-    inner = model.module if hasattr(model, "module") else model  # DDP
-    frames = inner.get_base_model() if isinstance(inner, PeftModel) else inner
-    lengths = frames._get_feat_extract_output_lengths(batch["attention_mask"].sum(-1))
-    mask = torch.arange(out.logits.shape[1], device=lengths.device)[None] < lengths[:, None]
-    return out.loss, out.logits, mask
+# (module, batch) -> (mean loss, logits, mask of the positions that count)
+LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], tuple]
 
 
 class Anchor:
     """What the trained model is held to: the frozen pretrained model (distillation) and
     its trainable weights at the start (L2-SP). Built before training starts."""
 
-    def __init__(self, model: torch.nn.Module, cfg: FinetuneConfig, device: torch.device):
+    def __init__(
+        self, model: torch.nn.Module, cfg: FinetuneConfig, device: torch.device, loss: LossFn
+    ):
         self.distill_weight, self.l2_weight = cfg.distill_weight, cfg.l2_weight
+        self.loss = loss  # the model's training loss (SpeechModel.training_loss)
         self.teacher = None
         if self.distill_weight > 0:
             frozen = plain(model) if isinstance(model, PeftModel) else copy.deepcopy(model)
@@ -103,7 +63,7 @@ class Anchor:
         total = logits.new_zeros((), dtype=torch.float32)
         if self.teacher is not None:
             with torch.no_grad():
-                _, teacher_logits, _ = forward(self.teacher, batch)
+                _, teacher_logits, _ = self.loss(self.teacher, batch)
             total = total + self.distill_weight * kl_divergence(teacher_logits, logits, mask)
         if self.start:
             inner = model.module if hasattr(model, "module") else model
@@ -159,20 +119,17 @@ def plain(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-def is_decoder(name: str) -> bool:
-    """Whether a Whisper parameter belongs to the decoder (its output projection included)."""
-    return name.startswith(("model.decoder.", "proj_out."))
-
-
 def interpolate(
     model: torch.nn.Module,
     pretrained: torch.nn.Module,
     weight: float,
     decoder_weight: float | None = None,
+    is_decoder: Callable[[str], bool] | None = None,
 ) -> int:
     """Weight-space ensembling (WiSE-FT, Wortsman et al. 2022): set each parameter of
     ``model`` to ``weight`` * trained + (1 - ``weight``) * pretrained, in place; the decoder's
-    parameters (Whisper) with ``decoder_weight`` instead, when given.
+    parameters (``is_decoder``, the model's ``SpeechModel.is_decoder``) with ``decoder_weight``
+    instead, when given.
 
     Parameters the pretrained model lacks or holds in another shape (a CTC head built for a
     new vocabulary) keep their trained values; buffers are left alone. Tied weights are one
@@ -180,8 +137,8 @@ def interpolate(
     for w in (weight, decoder_weight):
         if w is not None and not 0.0 <= w <= 1.0:
             raise ValueError(f"interpolation weight {w} is outside [0, 1]")
-    if decoder_weight is not None and getattr(model.config, "model_type", None) != "whisper":
-        raise UserError("finetune.interpolate_decoder needs Whisper; CTC models have no decoder")
+    if decoder_weight is not None and is_decoder is None:
+        raise ValueError("a decoder weight needs is_decoder")
     start = dict(pretrained.named_parameters())
     mixed = 0
     with torch.no_grad():

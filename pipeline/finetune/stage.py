@@ -8,7 +8,7 @@ The loop has the shape of Accelerate's examples (``get_dataloaders``, ``training
 and runs unchanged under ``accelerate launch`` on several processes. Data order depends only
 on the seed and the step, so a killed run resumed from its checkpoint ends at the same weights.
 Forgetting control (replay, distillation, L2-SP, LoRA, a guard set) is in
-``pipeline.forgetting``, ``pipeline.batches`` and ``pipeline.validation``.
+``forgetting``, ``batches`` and ``validation`` beside it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import contextlib
 import logging
 import shutil
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -30,7 +30,6 @@ from transformers import get_linear_schedule_with_warmup
 from pipeline import __version__, manifest, resources
 from pipeline.config import FinetuneConfig, Recipe
 from pipeline.errors import UserError
-from pipeline.evaluate.stage import MODELS_DIR
 from pipeline.finetune import checkpoints, forgetting, validation
 from pipeline.finetune.batches import Collator, EpochBatches, Utterances
 from pipeline.fsio import file_sha256, fingerprint, read_json
@@ -40,13 +39,12 @@ from pipeline.resources import cpu_has_bf16
 from pipeline.typed import to_dict
 
 log = logging.getLogger(__name__)
-MEL_FRAMES_PER_S = 100  # Whisper's log-mel hop is 10 ms
 TRACKER_DIR = "tensorboard"  # Accelerate tracker run under finetune/<run>/
 
 
 def load_subset(recipe: Recipe, subset: str) -> tuple[pd.DataFrame, Path]:
     """The subset's rows, each repeated ``count`` times (selectors that draw with replacement)."""
-    path = recipe.root / "select" / subset / "subset.parquet"
+    path = recipe.tree.subset(subset)
     if not path.exists():
         raise UserError(f"subset {subset!r}: no manifest at {path} (run: rsft select first)")
     frame = manifest.read(path)
@@ -60,7 +58,7 @@ def load_subset(recipe: Recipe, subset: str) -> tuple[pd.DataFrame, Path]:
 def load_pool(recipe: Recipe) -> tuple[pd.DataFrame, Path]:
     """The replay source: finetune.replay_set, else the labelled pool the subset came from."""
     name = recipe.finetune.replay_set or recipe.select.pool
-    path = recipe.root / "prepare" / "manifests" / f"{name}.parquet"
+    path = recipe.tree.manifest(name)
     if not path.exists():
         raise UserError(
             f"finetune.replay_fraction: no manifest of replay set {name!r} at {path}"
@@ -106,58 +104,96 @@ def get_dataloaders(
     return loader, batches
 
 
-def training_function(
-    recipe: Recipe, subset: str, resume: bool, accelerator: Accelerator, name: str | None = None
-) -> dict:
-    """Train and return the log; the main process writes the model, card and log."""
+@dataclass
+class Run:
+    """One fine-tuning run: what it trains on, where it writes, and its key."""
+
+    recipe: Recipe
+    subset: str
+    name: str
+    out: Path
+    frame: pd.DataFrame  # the subset's rows, repeated by count
+    subset_path: Path
+    pool: pd.DataFrame | None  # the replay source
+    dev_paths: dict[str, Path]
+    key: str
+
+    @property
+    def cfg(self) -> FinetuneConfig:
+        return self.recipe.finetune
+
+    @property
+    def model_cfg(self):
+        return replace(self.recipe.model, layout=self.cfg.layout)
+
+    @property
+    def seed(self) -> int:
+        return self.recipe.seed if self.cfg.seed is None else self.cfg.seed
+
+
+@dataclass
+class Progress:
+    """What a checkpoint restores besides the weights and optimizer."""
+
+    step: int = 0
+    losses: list = field(default_factory=list)
+    dev: dict = field(default_factory=validation.fresh_state)
+    stats: dict = field(default_factory=lambda: {"speech_s": 0.0, "input_s": 0.0, "train_s": 0.0})
+
+
+def plan_run(recipe: Recipe, subset: str, name: str | None, accelerator: Accelerator) -> Run:
+    """The run's inputs and its key: the settings that shape training, the model, the data."""
     cfg = recipe.finetune
-    seed = recipe.seed if cfg.seed is None else cfg.seed
-    name = name or subset
-    out = recipe.root / "finetune" / name
     frame, subset_path = load_subset(recipe, subset)
     pool, pool_path = load_pool(recipe) if cfg.replay_fraction > 0 else (None, None)
-    model_cfg = replace(recipe.model, layout=cfg.layout)
-    dev_paths = validation.manifest_paths(recipe.root, eval_names(cfg)) if cfg.eval_every else {}
+    dev_paths = validation.manifest_paths(recipe.tree, eval_names(cfg)) if cfg.eval_every else {}
     prints = [file_sha256(p) for p in [*dev_paths.values(), pool_path] if p is not None]
     key = fingerprint(
         training_settings(cfg),
-        model_cfg.key(decodes=bool(cfg.eval_every)),  # validation decodes the dev sets
-        *([loader.decoding_revisions()] if cfg.eval_every else []),
+        replace(recipe.model, layout=cfg.layout).key(decodes=bool(cfg.eval_every)),
+        *([loader.decoding_revisions()] if cfg.eval_every else []),  # validation decodes
         file_sha256(subset_path),
         __version__,
         accelerator.mixed_precision,  # 'auto' resolves by machine
         *prints,
     )
-    main = accelerator.is_main_process
-    done = out / "train_log.json"
-    if not resume and done.exists() and (out / "model").is_dir():
-        record = read_json(done)
-        if record.get("key") == key and record_mix(record) == mix(cfg):
-            if main:
-                log.info("Stage 4: finetune %s: up to date (%s)", name, out / "model")
-            return record
-        if record.get("key") == key and (remixed := _remix(recipe, out, record, accelerator)):
-            return remixed
+    name = name or subset
+    out = recipe.tree.finetune(name)
+    return Run(recipe, subset, name, out, frame, subset_path, pool, dev_paths, key)
+
+
+def training_function(
+    recipe: Recipe, subset: str, resume: bool, accelerator: Accelerator, name: str | None = None
+) -> dict:
+    """Train and return the log; the main process writes the model, card and log."""
+    run = plan_run(recipe, subset, name, accelerator)
+    if not resume and (record := _up_to_date(run, accelerator)) is not None:
+        return record
+    cfg, main = run.cfg, accelerator.is_main_process
     if main:
         log.info(
             "Stage 4: finetune %s on %s (%d utterances), %d steps on %d process(es) -> %s",
             recipe.model.name,
             subset,
-            len(frame),
+            len(run.frame),
             cfg.steps,
             accelerator.num_processes,
-            out,
+            run.out,
         )
     with accelerator.main_process_first():  # the bundled model is converted once
-        wrapped = loader.load(model_cfg, MODELS_DIR)
-    dev_sets = validation.load_sets(dev_paths, cfg.eval_limit) if main and dev_paths else {}
-    set_seed(seed)
+        wrapped = loader.load(run.model_cfg, recipe.tree.models)
+    dev_sets = validation.load_sets(run.dev_paths, cfg.eval_limit) if main and run.dev_paths else {}
+    set_seed(run.seed)
     model = wrapped.model.train()
-    forgetting.freeze(model, cfg.train)
+    wrapped.freeze(model, cfg.train)
+    if cfg.interpolate_decoder is not None:
+        wrapped.is_decoder("")  # a model without a decoder fails here, before training
     if cfg.train == "lora":
         model = forgetting.add_lora(model, cfg)
-    anchor = forgetting.Anchor(model, cfg, accelerator.device)
-    train_loader, sampler = get_dataloaders(frame, pool, wrapped, cfg, recipe.model.context_s, seed)
+    anchor = forgetting.Anchor(model, cfg, accelerator.device, wrapped.training_loss)
+    train_loader, sampler = get_dataloaders(
+        run.frame, run.pool, wrapped, cfg, recipe.model.context_s, run.seed
+    )
     params = [p for p in model.parameters() if p.requires_grad]
     # fused: one kernel over every tensor (the default loop updates them one at a time,
     # 0.7-2.4 s against 0.15-0.2 s a step for tiny.en on 2 CPU cores)
@@ -169,78 +205,130 @@ def training_function(
     accelerator.register_for_checkpointing(scheduler)
     accelerator.init_trackers(TRACKER_DIR, config=_hparams(to_dict(cfg)))
 
-    step, losses, dev = 0, [], validation.fresh_state()
-    stats = {"speech_s": 0.0, "input_s": 0.0, "train_s": 0.0}
-    checkpoint_dir, best_dir = out / "checkpoints", out / "best"
+    progress = _restore(run, accelerator, resume)
+    if progress.step == 0 and cfg.guard_set:  # the guard's limit comes from the pretrained model
+        progress.dev = _validate(
+            accelerator, model, wrapped, dev_sets, progress.dev, 0, run.out / "best", recipe
+        )
+    batches = _batches(train_loader, sampler, progress.step * cfg.grad_accum)
+    step_parts = (accelerator, model, wrapped, anchor, optimizer, batches, cfg)
+    _train(run, progress, step_parts, scheduler, dev_sets)
+    record = _record(run, progress, accelerator)
+    if main:
+        _save(run, progress, accelerator.unwrap_model(model), wrapped, record)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()  # closes the trackers and, last of all, the process group
+    return record
+
+
+def _up_to_date(run: Run, accelerator: Accelerator) -> dict | None:
+    """The saved run's log when its key and weight mix match; the same training saved with
+    another mix (no training again) when only the mix changed; else None."""
+    done = run.out / "train_log.json"
+    if not done.exists() or not (run.out / "model").is_dir():
+        return None
+    record = read_json(done)
+    if record.get("key") != run.key:
+        return None
+    if record.get("mix") == mix(run.cfg):
+        if accelerator.is_main_process:
+            log.info("Stage 4: finetune %s: up to date (%s)", run.name, run.out / "model")
+        return record
+    return _remix(run.recipe, run.out, record, accelerator)
+
+
+def _restore(run: Run, accelerator: Accelerator, resume: bool) -> Progress:
+    """The last checkpoint's state with --resume (it must have the run's key); otherwise a
+    fresh start, with stale checkpoints removed so that a later --resume cannot pick them up."""
+    main = accelerator.is_main_process
+    checkpoint_dir, best_dir = run.out / "checkpoints", run.out / "best"
     found = checkpoints.last_checkpoint(checkpoint_dir) if resume else None
+    progress = Progress()
     if found is not None:
-        progress = read_json(found / "progress.json")
-        if progress.get("key") != key:
+        saved = read_json(found / "progress.json")
+        if saved.get("key") != run.key:
             raise UserError(f"{found}: made with other settings or data; rerun without --resume")
         accelerator.load_state(str(found))
-        step, losses, dev = progress["step"], progress["losses"], progress["dev"]
-        stats = progress["stats"]
+        progress = Progress(saved["step"], saved["losses"], saved["dev"], saved["stats"])
         if main:
             log.info("resumed from %s", found)
     elif resume and main:
         log.info("no checkpoint in %s: starting from step 0", checkpoint_dir)
     elif main and checkpoint_dir.exists():
-        shutil.rmtree(checkpoint_dir)  # a fresh run: stale checkpoints must not be resumed later
+        shutil.rmtree(checkpoint_dir)
     if main:  # the best model so far is the checkpoint's: a later one may be on disk
         shutil.rmtree(best_dir, ignore_errors=True)
-        if dev["best"] is not None:
+        if progress.dev["best"] is not None:
             shutil.copytree(found / "best", best_dir)
     accelerator.wait_for_everyone()
-    if step == 0 and cfg.guard_set:  # the guard's limit comes from the pretrained model
-        dev = _validate(accelerator, model, wrapped, dev_sets, dev, 0, best_dir, recipe)
+    return progress
 
-    batches = _batches(train_loader, sampler, step * cfg.grad_accum)
+
+def _train(run: Run, progress: Progress, step_parts: tuple, scheduler, dev_sets: dict) -> None:
+    """Optimizer steps up to finetune.steps (or an early stop), validating and saving
+    checkpoints on the way; ``progress`` is updated in place."""
+    accelerator, model, wrapped, *_ = step_parts
+    cfg, main = run.cfg, accelerator.is_main_process
     bad_in_row = 0
-    while step < cfg.steps:
+    while progress.step < cfg.steps:
         started = time.perf_counter()
         try:
-            loss = _train_step(accelerator, model, wrapped, anchor, optimizer, batches, cfg, stats)
+            loss = _train_step(*step_parts, progress.stats)
         except torch.OutOfMemoryError:
-            raise UserError(_oom_hint(cfg, step + 1)) from None
-        stats["train_s"] += time.perf_counter() - started
-        losses.append(loss)
+            raise UserError(_oom_hint(cfg, progress.step + 1)) from None
+        progress.stats["train_s"] += time.perf_counter() - started
+        progress.losses.append(loss)
         bad_in_row = bad_in_row + 1 if loss is None else 0
         if bad_in_row >= cfg.max_bad_steps:
             raise UserError(
                 f"finetune: loss was NaN or infinite, or no audio was readable, at {bad_in_row} "
-                f"steps in a row (step {step + 1}); lower finetune.lr or check the subset's "
-                "audio and text"
+                f"steps in a row (step {progress.step + 1}); lower finetune.lr or check the "
+                "subset's audio and text"
             )
         scheduler.step()
-        step += 1
+        progress.step += 1
+        step = progress.step
         accelerator.log({"train/loss": loss, "train/lr": scheduler.get_last_lr()[0]}, step=step)
         if main and (step % 10 == 0 or step == cfg.steps):
             log.info("step %d/%d loss %s", step, cfg.steps, loss)
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
-            dev = _validate(accelerator, model, wrapped, dev_sets, dev, step, best_dir, recipe)
-            if cfg.patience and validation.evaluations_since_best(dev) >= cfg.patience:
+            progress.dev = _validate(
+                accelerator,
+                model,
+                wrapped,
+                dev_sets,
+                progress.dev,
+                step,
+                run.out / "best",
+                run.recipe,
+            )
+            if cfg.patience and validation.evaluations_since_best(progress.dev) >= cfg.patience:
                 if main:
                     log.info(
                         "early stop at step %d: no better dev WER in %d evaluation(s) "
                         "(best: step %d)",
                         step,
                         cfg.patience,
-                        dev["best"]["step"],
+                        progress.dev["best"]["step"],
                     )
                 break
         if step % cfg.save_every == 0 and step < cfg.steps:
-            progress = {"losses": losses, "dev": dev, "stats": stats}
-            checkpoints.save_checkpoint(accelerator, checkpoint_dir, step, progress, key)
-
+            saved = {"losses": progress.losses, "dev": progress.dev, "stats": progress.stats}
+            checkpoints.save_checkpoint(accelerator, run.out / "checkpoints", step, saved, run.key)
     accelerator.wait_for_everyone()
+
+
+def _record(run: Run, progress: Progress, accelerator: Accelerator) -> dict:
+    """The training log (train_log.json): the key, the losses and dev curve, the data."""
+    stats, dev = progress.stats, progress.dev
     totals = accelerator.reduce(
         torch.tensor([stats["speech_s"], stats["input_s"]], device=accelerator.device), "sum"
     ).tolist()
-    record = {
-        "key": key,
-        "steps": step,
-        "losses": losses,
-        "bad_steps": sum(x is None for x in losses),
+    return {
+        "key": run.key,
+        "steps": progress.step,
+        "losses": progress.losses,
+        "bad_steps": sum(x is None for x in progress.losses),
         "dev_curve": dev["curve"],
         "best": dev["best"],  # {step, wer} on the first eval set; None without validation
         "guard": dev.get("guard"),  # {set, limit} with a guard set
@@ -249,53 +337,47 @@ def training_function(
         "train_seconds": stats["train_s"],  # training steps only: no validation or saving
         "processes": accelerator.num_processes,
         "mixed_precision": accelerator.mixed_precision,
-        "base_model": recipe.model.name,
-        "subset": subset,
-        "subset_sha256": file_sha256(subset_path),
-        "subset_utterances": len(frame),
-        "recipe": to_dict(recipe),
-        "mix": mix(cfg),
+        "base_model": run.recipe.model.name,
+        "subset": run.subset,
+        "subset_sha256": file_sha256(run.subset_path),
+        "subset_utterances": len(run.frame),
+        "recipe": to_dict(run.recipe),
+        "mix": mix(run.cfg),
         "version": __version__,
         **resources.peak_rss(),  # of this process after training (model and imports included)
     }
-    if main:
-        best = best_dir if dev["best"] is not None else None
-        module = accelerator.unwrap_model(model)
-        trained_dir = out / "trained"
-        shutil.rmtree(trained_dir, ignore_errors=True)  # an earlier training's weights
-        if not is_identity(mix(cfg)):
-            # the trained weights are kept, so that another mix needs no training
-            if best is not None:
-                best.rename(trained_dir)
-            else:
-                checkpoints.save_model(trained_dir, module, wrapped.processor)
-            module, best = _mixed(trained_dir, model_cfg, cfg), None
-        checkpoints.write_outputs(out, module, wrapped.processor, record, best)
-        log.info(
-            "trained on %.0f s of audio in %.0f s (%.1f audio s/s), padding %.1f%%",
-            record["speech_seconds"],
-            record["train_seconds"],
-            record["speech_seconds"] / max(record["train_seconds"], 1e-9),
-            100 * record["padding_fraction"],
-        )
-    accelerator.wait_for_everyone()
-    accelerator.end_training()  # closes the trackers and, last of all, the process group
-    return record
 
 
-ADDED_SETTINGS = {"narrowband_fraction": 0.0, "replay_set": None, "single_windows": 0}
+def _save(run: Run, progress: Progress, module, wrapped: SpeechModel, record: dict) -> None:
+    """The model (the best on dev, else the last), mixed with the pretrained weights when
+    finetune.interpolate* ask; the trained weights are then kept, so that another mix needs
+    no training."""
+    best = run.out / "best" if progress.dev["best"] is not None else None
+    trained_dir = run.out / "trained"
+    shutil.rmtree(trained_dir, ignore_errors=True)  # an earlier training's weights
+    if not is_identity(mix(run.cfg)):
+        if best is not None:
+            best.rename(trained_dir)
+        else:
+            checkpoints.save_model(trained_dir, module, wrapped.processor)
+        module = _mixed(trained_dir, run.model_cfg, run.cfg, run.recipe.tree.models)
+        best = None
+    checkpoints.write_outputs(run.out, module, wrapped.processor, record, best)
+    log.info(
+        "trained on %.0f s of audio in %.0f s (%.1f audio s/s), padding %.1f%%",
+        record["speech_seconds"],
+        record["train_seconds"],
+        record["speech_seconds"] / max(record["train_seconds"], 1e-9),
+        100 * record["padding_fraction"],
+    )
 
 
 def training_settings(cfg: FinetuneConfig) -> dict:
     """The settings that shape training (the run's key): the weight mix is applied after
-    training, so it is left out. ``interpolate`` stays in at 1.0, so that runs saved before
-    the decoder's own weight existed keep their key."""
-    settings = to_dict(replace(cfg, interpolate=1.0))
-    settings.pop("interpolate_decoder")
-    # settings added later enter the key only when set, so earlier runs keep theirs
-    for name, default in ADDED_SETTINGS.items():
-        if settings.get(name) == default:
-            settings.pop(name)
+    training, so it is left out."""
+    settings = to_dict(cfg)
+    for name in mix(cfg):
+        settings.pop(name)
     return settings
 
 
@@ -304,25 +386,21 @@ def mix(cfg: FinetuneConfig) -> dict:
     return {"interpolate": cfg.interpolate, "interpolate_decoder": cfg.interpolate_decoder}
 
 
-def record_mix(record: dict) -> dict:
-    """The mix a training log was saved with (logs before the decoder weight: its recipe's)."""
-    if "mix" in record:
-        return record["mix"]
-    return {
-        "interpolate": record["recipe"]["finetune"].get("interpolate", 1.0),
-        "interpolate_decoder": None,
-    }
-
-
 def is_identity(m: dict) -> bool:
     return m["interpolate"] == 1.0 and m["interpolate_decoder"] in (None, 1.0)
 
 
-def _mixed(trained_dir: Path, model_cfg, cfg: FinetuneConfig) -> torch.nn.Module:
+def _mixed(trained_dir: Path, model_cfg, cfg: FinetuneConfig, models: Path) -> torch.nn.Module:
     """The trained weights in ``trained_dir`` mixed with the pretrained model's."""
-    trained = loader.load(replace(model_cfg, name=str(trained_dir)), MODELS_DIR).model
-    pretrained = loader.load(model_cfg, MODELS_DIR).model
-    mixed = forgetting.interpolate(trained, pretrained, cfg.interpolate, cfg.interpolate_decoder)
+    trained = loader.load(replace(model_cfg, name=str(trained_dir)), models)
+    pretrained = loader.load(model_cfg, models).model
+    mixed = forgetting.interpolate(
+        trained.model,
+        pretrained,
+        cfg.interpolate,
+        cfg.interpolate_decoder,
+        trained.is_decoder if cfg.interpolate_decoder is not None else None,
+    )
     decoder = "" if cfg.interpolate_decoder is None else f", decoder {cfg.interpolate_decoder:g}"
     log.info(
         "saved weights: %g x trained + %g x pretrained%s (%d tensors)",
@@ -331,7 +409,7 @@ def _mixed(trained_dir: Path, model_cfg, cfg: FinetuneConfig) -> torch.nn.Module
         decoder,
         mixed,
     )
-    return trained
+    return trained.model
 
 
 def _remix(recipe: Recipe, out: Path, record: dict, accelerator: Accelerator) -> dict | None:
@@ -339,7 +417,7 @@ def _remix(recipe: Recipe, out: Path, record: dict, accelerator: Accelerator) ->
     when the trained weights were not kept (an earlier mix saved only the mixed ones)."""
     cfg = recipe.finetune
     trained_dir, final = out / "trained", out / "model"
-    if not trained_dir.is_dir() and not is_identity(record_mix(record)):
+    if not trained_dir.is_dir() and not is_identity(record["mix"]):
         if accelerator.is_main_process:
             log.info("finetune: the trained weights of %s were not kept: training again", out)
         return None
@@ -351,8 +429,9 @@ def _remix(recipe: Recipe, out: Path, record: dict, accelerator: Accelerator) ->
             shutil.copytree(final, staging)
             staging.rename(trained_dir)
         model_cfg = replace(recipe.model, layout=cfg.layout)
-        processor = loader.load(replace(model_cfg, name=str(trained_dir)), MODELS_DIR).processor
-        module = _mixed(trained_dir, model_cfg, cfg)
+        models = recipe.tree.models
+        processor = loader.load(replace(model_cfg, name=str(trained_dir)), models).processor
+        module = _mixed(trained_dir, model_cfg, cfg, models)
         record = {**record, "recipe": to_dict(recipe), "mix": mix(cfg)}
         checkpoints.write_outputs(out, module, processor, record, None)
     accelerator.wait_for_everyone()
@@ -383,8 +462,8 @@ def _train_step(accelerator, model, wrapped, anchor, optimizer, batches, cfg, st
         # gradients are all-reduced on the last micro-batch only
         sync = micro == cfg.grad_accum - 1
         with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-            with _context(wrapped, batch), accelerator.autocast():
-                loss, logits, mask = forgetting.forward(model, batch)
+            with wrapped.training_context(batch), accelerator.autocast():
+                loss, logits, mask = wrapped.training_loss(model, batch)
                 if anchor.active:
                     loss = loss + anchor.penalty(model, batch, logits, mask)
             broken = (~torch.isfinite(loss.detach())).float()
@@ -426,13 +505,6 @@ def _oom_hint(cfg: FinetuneConfig, step: int) -> str:
 def _hparams(cfg: dict) -> dict:
     """The config as TensorBoard hparams take it: numbers, strings and booleans only."""
     return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in cfg.items()}
-
-
-def _context(wrapped: SpeechModel, batch: dict[str, torch.Tensor]):
-    """The 'short' layout's cut encoder context, read off the features' length."""
-    if "input_features" not in batch:
-        return contextlib.nullcontext()
-    return wrapped.context(batch["input_features"].shape[-1] / MEL_FRAMES_PER_S)
 
 
 def _batches(train_loader, sampler: EpochBatches, start: int):
@@ -486,6 +558,6 @@ def run(
         mixed_precision=precision(cfg.mixed_precision, cfg.cpu),
         gradient_accumulation_steps=cfg.grad_accum,
         log_with="tensorboard",
-        project_dir=str(recipe.root / "finetune" / (name or subset)),
+        project_dir=str(recipe.tree.finetune(name or subset)),
     )
     return training_function(recipe, subset, resume, accelerator, name)

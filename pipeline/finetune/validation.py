@@ -17,6 +17,7 @@ import numpy as np
 
 from pipeline import audio, manifest, metrics, text
 from pipeline.errors import UserError
+from pipeline.layout import DataTree
 from pipeline.models import loader
 from pipeline.models.base import SAMPLE_RATE, SpeechModel, length_batches
 
@@ -29,11 +30,11 @@ def fresh_state() -> dict:
     return {"curve": [], "best": None, "guard": None}
 
 
-def manifest_paths(root: Path, names: Sequence[str]) -> dict[str, Path]:
+def manifest_paths(tree: DataTree, names: Sequence[str]) -> dict[str, Path]:
     """The prepared manifests of the dev sets; a one-line UserError for a missing one."""
     if not names:
         raise UserError("finetune.eval_sets: name at least one prepared set to validate on")
-    paths = {name: root / "prepare" / "manifests" / f"{name}.parquet" for name in names}
+    paths = {name: tree.manifest(name) for name in names}
     for name, path in paths.items():
         if not path.exists():
             raise UserError(

@@ -1,19 +1,38 @@
-"""One interface over speech recognisers: transcribe, embed, and score transcripts.
+"""One interface over speech recognisers: transcribe, embed, score transcripts, and train.
 
 Later stages only see ``SpeechModel``; Whisper (sequence to sequence) and wav2vec2 (CTC) are
-its two implementations. Batches are built by the caller; models take lists of 16 kHz waves.
+its two implementations, each in its own module. Batches are built by the caller; models take
+lists of 16 kHz waves. A third family implements the abstract methods below and is chosen in
+``loader.load``; no stage needs to change.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from pipeline.errors import UserError
+
 SAMPLE_RATE = 16000  # Hz
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TrainingLayout:
+    """How training audio becomes model input (finetune.layout and the settings that go with
+    it); models with a single input layout ignore it."""
+
+    layout: str = "standard"  # 'standard', 'short' or 'packed' (Whisper)
+    context_s: float = 30.0  # 'short': the encoder context
+    gap_s: float | None = None  # 'packed': silence between utterances (None: the model's)
+    first_fit: bool = False  # 'packed': fuller windows, longest first
+    single_windows: int = 0  # 'packed': this many utterances of a batch alone in a window
 
 
 class SpeechModel(ABC):
@@ -50,6 +69,35 @@ class SpeechModel(ABC):
         """Embeddings and, given transcripts, losses (NaN without); models may share the work."""
         losses = np.full(len(waves), np.nan, dtype=np.float32)
         return self.embed(waves), (self.loss(waves, texts) if texts is not None else losses)
+
+    # -- training (the finetune stage) --------------------------------------------------------
+
+    @abstractmethod
+    def training_batch(
+        self, waves: Sequence[np.ndarray], texts: Sequence[str], layout: TrainingLayout
+    ) -> Batch:
+        """The tensors the loss needs for a batch of (wave, transcript), on the CPU, plus
+        ``input_s``: seconds of model input (windows or padded rows), for the padding share."""
+
+    @abstractmethod
+    def training_loss(self, module: torch.nn.Module, batch: Batch):
+        """(mean loss, logits, mask of the positions that count) of ``module``: this model's
+        network, or a copy of it (a frozen teacher), possibly wrapped (DDP, PEFT)."""
+
+    def training_context(self, batch: Batch) -> contextlib.AbstractContextManager:
+        """What the forward pass of ``batch`` runs inside (e.g. a cut encoder context)."""
+        return contextlib.nullcontext()
+
+    @abstractmethod
+    def freeze(self, module: torch.nn.Module, train: str) -> None:
+        """Set requires_grad for the part of ``module`` that finetune.train names; a one-line
+        UserError for a part this model does not have."""
+
+    def is_decoder(self, name: str) -> bool:
+        """Whether parameter ``name`` belongs to the decoder (finetune.interpolate_decoder)."""
+        raise UserError(
+            f"finetune.interpolate_decoder: {type(self).__name__} models have no decoder to mix"
+        )
 
     def fingerprint(self) -> str:
         """sha256 over every parameter and buffer: the same weights give the same print."""

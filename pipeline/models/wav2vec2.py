@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from pipeline.models.base import SAMPLE_RATE, SpeechModel
+from pipeline.errors import UserError
+from pipeline.models.base import SAMPLE_RATE, Batch, SpeechModel, TrainingLayout
 
 
 class CTC(SpeechModel):
@@ -79,3 +80,43 @@ class CTC(SpeechModel):
             zero_infinity=True,
         )
         return (losses / frames.clamp(min=1)).cpu().numpy().astype(np.float32)
+
+    # -- training ---------------------------------------------------------------------------
+
+    def training_batch(
+        self, waves: Sequence[np.ndarray], texts: Sequence[str], layout: TrainingLayout
+    ) -> Batch:
+        """Input values (one layout: padded rows) and character labels, -100 on padding."""
+        batch = self.processor(waves, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding=True)
+        targets = [self.targets(t) for t in texts]
+        labels = torch.full((len(targets), max(map(len, targets))), -100, dtype=torch.long)
+        for row, seq in enumerate(targets):
+            labels[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask = batch.get("attention_mask", torch.ones_like(batch.input_values, dtype=torch.long))
+        return {
+            "input_values": batch.input_values,
+            "attention_mask": mask,
+            "labels": labels,
+            "input_s": torch.tensor(batch.input_values.numel() / SAMPLE_RATE),
+        }
+
+    def training_loss(self, module: torch.nn.Module, batch: Batch):
+        """CTC loss per frame; the mask marks frames of real audio."""
+        out = module(**batch)
+        inner = module.module if hasattr(module, "module") else module  # DDP
+        inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # PEFT
+        lengths = inner._get_feat_extract_output_lengths(batch["attention_mask"].sum(-1))
+        mask = torch.arange(out.logits.shape[1], device=lengths.device)[None] < lengths[:, None]
+        return out.loss, out.logits, mask
+
+    def freeze(self, module: torch.nn.Module, train: str) -> None:
+        """'encoder_frozen' trains the head alone; 'feature_encoder_frozen' freezes the
+        convolutional front end. CTC models have no decoder to train or hold."""
+        if train in ("full", "lora"):
+            return
+        base = getattr(module, module.base_model_prefix)
+        frozen = {"encoder_frozen": [base], "feature_encoder_frozen": [base.feature_extractor]}
+        if train not in frozen:
+            raise UserError(f"finetune.train: {train!r} needs Whisper; CTC models have no decoder")
+        for part in frozen[train]:
+            part.requires_grad_(False)

@@ -19,9 +19,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import transformers
 
-from pipeline.models.base import SAMPLE_RATE, SpeechModel
+from pipeline.errors import UserError
+from pipeline.models.base import SAMPLE_RATE, Batch, SpeechModel, TrainingLayout
 
 try:  # the attention interfaces of transformers 4.53 and later
     from transformers import AttentionInterface
@@ -32,6 +34,7 @@ except ImportError:  # older transformers: decoding keeps SDPA
 
 CHUNK_S = 30.0  # Whisper's window
 FRAMES_PER_S = 50  # encoder positions per second (10 ms mel hop, then stride 2)
+MEL_FRAMES_PER_S = 100  # log-mel frames per second (10 ms hop)
 LAYOUTS = ("standard", "short", "packed")
 
 
@@ -510,6 +513,79 @@ class Whisper(SpeechModel):
         """Transcript tokens followed by end of text (Whisper's text starts with a space)."""
         ids = self.processor.tokenizer(" " + text.strip(), add_special_tokens=False).input_ids
         return ids + [self.eot]
+
+    # -- training ---------------------------------------------------------------------------
+
+    def training_batch(
+        self, waves: Sequence[np.ndarray], texts: Sequence[str], layout: TrainingLayout
+    ) -> Batch:
+        """Log-mel windows, decoder inputs and labels. Packed: one window per group of
+        utterances, their transcripts in order and one end of text; the batch's order is
+        random, so its first ``single_windows`` utterances are the ones read alone."""
+        if layout.layout == "packed":
+            alone = min(layout.single_windows, len(waves) - 1)
+            windows = self.pack(waves[alone:], layout.gap_s, layout.first_fit)
+            windows = [Window([k + alone for k in w.members], w.spans, w.wave) for w in windows]
+            windows = [
+                Window([k], [(0.0, len(waves[k]) / SAMPLE_RATE)], waves[k]) for k in range(alone)
+            ] + windows
+            waves = [w.wave for w in windows]
+            tokens = [
+                [t for k in w.members for t in self.text_tokens(texts[k])[:-1]] + [self.eot]
+                for w in windows
+            ]
+        else:
+            tokens = [self.text_tokens(t) for t in texts]
+        # short: the cut context only when every utterance fits (as transcribe does)
+        fits = max(len(w) for w in waves) <= layout.context_s * SAMPLE_RATE
+        seconds = layout.context_s if layout.layout == "short" and fits else CHUNK_S
+        inputs, labels = self._teacher_forcing(tokens)
+        return {
+            "input_features": self.features(waves, seconds).cpu(),
+            "decoder_input_ids": inputs.cpu(),
+            "labels": labels.cpu(),
+            "input_s": torch.tensor(len(waves) * seconds),
+        }
+
+    def training_loss(self, module: torch.nn.Module, batch: Batch):
+        """Token cross-entropy; the mask marks label positions."""
+        logits = module(
+            input_features=batch["input_features"], decoder_input_ids=batch["decoder_input_ids"]
+        ).logits
+        # flattened to (positions, vocabulary): a class dimension in the middle (B, V, L) made
+        # the loss 3 times slower on the CPU
+        flat = logits.float().reshape(-1, logits.shape[-1])
+        loss = F.cross_entropy(flat, batch["labels"].reshape(-1), ignore_index=-100)
+        return loss, logits, batch["labels"] != -100
+
+    def training_context(self, batch: Batch) -> contextlib.AbstractContextManager:
+        """The 'short' layout's cut encoder context, read off the features' length."""
+        return self.context(batch["input_features"].shape[-1] / MEL_FRAMES_PER_S)
+
+    def freeze(self, module: torch.nn.Module, train: str) -> None:
+        """See FinetuneConfig.train. The output projection is tied to the token embeddings."""
+        if train in ("full", "lora"):  # LoRA: the adapters' set-up freezes the base itself
+            return
+        core = module.model
+        frozen = {
+            "encoder_frozen": [core.encoder],
+            "decoder_only": [core.encoder, core.decoder.embed_tokens, core.decoder.embed_positions],
+            "decoder_frozen": [core.decoder],
+            "decoder_lm_frozen": [core.decoder],  # its cross-attention trains again below
+            "feature_encoder_frozen": [core.encoder.conv1, core.encoder.conv2],
+        }.get(train)
+        if frozen is None:
+            raise UserError(f"finetune.train: {train!r} is not a part of a Whisper model")
+        for part in frozen:
+            part.requires_grad_(False)
+        if train == "decoder_lm_frozen":  # what the decoder reads from the encoder still adapts
+            for layer in core.decoder.layers:
+                layer.encoder_attn.requires_grad_(True)
+                layer.encoder_attn_layer_norm.requires_grad_(True)
+
+    def is_decoder(self, name: str) -> bool:
+        """The decoder's parameters, its output projection included."""
+        return name.startswith(("model.decoder.", "proj_out."))
 
     def _teacher_forcing(self, tokens: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Decoder inputs (prefix + text) and targets (text + end, -100 on prefix and padding)."""

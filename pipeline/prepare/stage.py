@@ -2,8 +2,8 @@
 
 Output, under ``<data_dir>/prepare/``:
   manifests/<set>.parquet     one row per utterance (see pipeline.manifest)
-  manifests/<set>.done.json   the set's fingerprint and counts (and the building run's peak
-                              RSS); a matching one skips the set
+  manifests/<set>.done.json   the set's key (a fingerprint of its inputs), its counts and the
+                              building run's peak RSS; a matching key skips the set
   rejects/<set>.tsv           id, source, reason for every entry that was skipped
   audio/<set>/{clean,noisy}/  FLAC files named <id>.<spec-hash>.flac
   summary.json, summary.txt   utterances and hours per split x accent x noise x SNR
@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from pipeline import __version__, manifest, resources
+from pipeline import __version__, layout, manifest, resources
 from pipeline.config import OpenSLRSource, Recipe, SetConfig
 from pipeline.errors import UserError
 from pipeline.fsio import fingerprint, read_json, write_json, write_text
@@ -63,17 +63,9 @@ SOURCES: dict[str, Callable[..., Iterable[Candidate | Reject]]] = {
 }
 
 
-def stage_dir(recipe: Recipe) -> Path:
-    return recipe.root / "prepare"
-
-
-def manifest_path(recipe: Recipe, set_name: str) -> Path:
-    return stage_dir(recipe) / "manifests" / f"{set_name}.parquet"
-
-
 def run(recipe: Recipe) -> pd.DataFrame:
     """Prepare every set of the recipe; return the summary table."""
-    log.info("Stage 1: prepare %d sets into %s", len(recipe.prepare.sets), stage_dir(recipe))
+    log.info("Stage 1: prepare %d sets into %s", len(recipe.prepare.sets), recipe.tree.prepare)
     frames, rejects = [], {}
     for set_cfg in recipe.prepare.sets:
         frame, reject_count = prepare_set(recipe, set_cfg)
@@ -90,9 +82,6 @@ def run(recipe: Recipe) -> pd.DataFrame:
 FILE_SOURCES = ("local", "asterisk", "commonvoice", "l2arctic")
 
 
-ADDED_SOURCE_FIELDS = {"texts": []}
-
-
 def set_fingerprint(recipe: Recipe, set_cfg: SetConfig, items: list | None = None) -> str:
     prep = to_dict(recipe.prepare)
     prep.pop("sets")
@@ -101,41 +90,40 @@ def set_fingerprint(recipe: Recipe, set_cfg: SetConfig, items: list | None = Non
         (i.id, i.reason) if isinstance(i, Reject) else (i.id, i.text, i.speaker, i.accent, i.spec)
         for i in items or []
     ]
-    set_dict = to_dict(set_cfg)
-    # source fields added later enter the fingerprint only when set, so sets keep theirs
-    for name, default in ADDED_SOURCE_FIELDS.items():
-        if set_dict["source"].get(name, default) == default:
-            set_dict["source"].pop(name, None)
-    return fingerprint(recipe.seed, prep, set_dict, inputs, __version__)
+    return fingerprint(recipe.seed, prep, to_dict(set_cfg), inputs, __version__)
 
 
 def prepare_set(recipe: Recipe, set_cfg: SetConfig) -> tuple[pd.DataFrame, dict[str, int]]:
     """Build one set's manifest, or reuse it when its fingerprint has not changed."""
-    out = manifest_path(recipe, set_cfg.name)
+    tree = recipe.tree
+    out = tree.manifest(set_cfg.name)
     stamp_path = out.with_suffix(".done.json")
     prep = recipe.prepare
     ctx = SourceContext(
         recipe.seed,
         set_cfg.name,
         set_cfg.split,
-        recipe.root / "sources" / set_cfg.name,
+        tree.sources(set_cfg.name),
         prep.sample_rate,
     )
     source = SOURCES[set_cfg.source.kind]
     items = list(source(set_cfg.source, ctx)) if set_cfg.source.kind in FILE_SOURCES else None
     fp = set_fingerprint(recipe, set_cfg, items)
-    if out.exists() and stamp_path.exists() and read_json(stamp_path).get("fingerprint") == fp:
+    if out.exists() and layout.is_done(stamp_path, fp):
         log.info("set %s: up to date (%s)", set_cfg.name, out)
         return manifest.read(out), read_json(stamp_path)["rejects"]
     started = time.monotonic()
-    audio_dir = stage_dir(recipe) / "audio" / set_cfg.name
+    audio_dir = tree.audio(set_cfg.name)
     limits = Limits(prep.sample_rate, prep.min_duration_s, prep.max_duration_s)
 
     cands, rejects = _unique(items if items is not None else source(set_cfg.source, ctx))
     jobs = [(c, audio_dir / "clean" / audio_file_name(c.id, c.spec)) for c in cands]
     clean, converted = [], Counter()
     for result in _map(
-        _ingest_job, [(c, p, limits) for c, p in jobs], prep.workers, f"{set_cfg.name}: audio"
+        _ingest_job,
+        [(c, p, limits, set_cfg.split != "target") for c, p in jobs],
+        prep.workers,
+        f"{set_cfg.name}: audio",
     ):
         if isinstance(result, Reject):
             rejects.append(result)
@@ -173,19 +161,17 @@ def prepare_set(recipe: Recipe, set_cfg: SetConfig) -> tuple[pd.DataFrame, dict[
 
     frame = manifest.to_frame([{**r, "split": set_cfg.split} for r in rows])
     frame = frame.sort_values("id", kind="stable").reset_index(drop=True)
-    _write_rejects(stage_dir(recipe) / "rejects" / f"{set_cfg.name}.tsv", rejects)
+    _write_rejects(tree.prepare / "rejects" / f"{set_cfg.name}.tsv", rejects)
     manifest.write(frame, out, root=recipe.root)
     _remove_stale(audio_dir, set(frame["audio_path"]) | {r["audio_path"] for r in clean})
     reasons = Counter(_reason_kind(r.reason) for r in rejects)
-    write_json(
+    layout.mark_done(
         stamp_path,
-        {
-            "fingerprint": fp,
-            "utterances": len(frame),
-            "rejects": dict(reasons),
-            "converted": dict(converted),
-            **resources.peak_rss(),  # of the run that built the set (workers included)
-        },
+        fp,
+        utterances=len(frame),
+        rejects=dict(reasons),
+        converted=dict(converted),
+        **resources.peak_rss(),  # of the run that built the set (workers included)
     )
     log.info(
         "set %s: %d utterances (%.2f h), %d rejected%s, %.1f s",
@@ -208,7 +194,7 @@ def noise_banks(recipe: Recipe, names: set[str]) -> dict[str, tuple[str, ...]]:
     for name in sorted(names & sources.keys()):
         if name in recipe.prepare.noise_files:
             raise UserError(f"prepare.noise_sources.{name}: also a key of prepare.noise_files")
-        banks[name] = _bank(name, sources[name], recipe.root / "noise_sources" / name)
+        banks[name] = _bank(name, sources[name], recipe.tree.noise_sources(name))
     return banks
 
 
@@ -283,7 +269,7 @@ def _remove_stale(audio_dir: Path, keep: set[str]) -> None:
 
 
 def write_summary(recipe: Recipe, table: pd.DataFrame, rejects: dict[str, dict[str, int]]) -> None:
-    root = stage_dir(recipe)
+    root = recipe.tree.prepare
     text = format_summary(table, rejects)
     write_text(root / "summary.txt", text + "\n")
     write_json(

@@ -1,8 +1,8 @@
 """The report's paired tests: the reference system against each other one on the target test
 set, per seed and pooled over seeds, Holm-corrected per table, with the layouts compared.
 
-Plain pandas and numpy over ``report_stats.Run``s; nothing here reads files. Every test pairs
-utterances by id and resamples clusters (speakers; see ``report_stats.clusters``), so that a
+Plain pandas and numpy over ``report.stats.Run``s; nothing here reads files. Every test pairs
+utterances by id and resamples clusters (speakers; see ``report.stats.clusters``), so that a
 test's interval and p-value hold the test speakers' variance; pooled tests resample seeds too.
 ``delta`` = WER(reference) - WER(other): negative where the reference is better; ``relative``
 = WER(reference) / WER(other) - 1.
@@ -14,7 +14,8 @@ import math
 from collections.abc import Callable
 
 from pipeline import metrics
-from pipeline.report.stats import BUDGETLESS, PRETRAINED, SYSTEMS, Run, clusters, layout, matched
+from pipeline.layout import PRETRAINED, SELECTORS
+from pipeline.report.stats import BUDGETLESS, Run, clusters, layout, matched
 
 Pair = tuple[Run, Run]  # (a reference run, the other system's run it is compared with)
 
@@ -49,7 +50,7 @@ def pooled_tests(runs: list[Run], reference: str, rng, n_boot: int) -> list[dict
     main = [r for r in runs if not r.key.sweep and "target" in r.sets]
     ours = [r for r in main if r.key.system == reference]
     rows = []
-    for system in (s for s in (PRETRAINED, *SYSTEMS) if s != reference):
+    for system in (s for s in (PRETRAINED, *SELECTORS) if s != reference):
         pairs = [(m, o) for o in main if o.key.system == system for m in _mates(ours, o)]
         if pairs:
             named = {"system": system, "seeds": [m.key.seed for m, _ in pairs]}
@@ -74,7 +75,7 @@ def sweep_tests(runs: list[Run], reference: str, rng, n_boot: int) -> list[dict]
             for other in at:
                 if other.key.system != reference and other.key.seed == mine.key.seed:
                     rows.append({"budget": budget, **_per_seed(mine, other, rng, n_boot)})
-    rows.sort(key=lambda r: (SYSTEMS.index(r["system"]), r["budget"], r["seed"]))
+    rows.sort(key=lambda r: (SELECTORS.index(r["system"]), r["budget"], r["seed"]))
     return with_holm(rows)
 
 

@@ -209,16 +209,16 @@ def selection(summary: dict) -> Table:
         return "-" if value is None or pd.isna(value) else f"{value:.{digits}f}"
 
     rows = []
-    for m in summary["methods"]:
+    for m in summary["selectors"]:
         if "skipped" in m:
-            rows.append([m["method"]] + ["-"] * 7 + [f"skipped: {m['skipped']}"])
+            rows.append([m["selector"]] + ["-"] * 7 + [f"skipped: {m['skipped']}"])
             continue
         rows.append(
-            [m["method"], str(m["selected"]), str(m["unique"]), num(m["acceptance"], 4)]
+            [m["selector"], str(m["selected"]), str(m["unique"]), num(m["acceptance"], 4)]
             + [num(m.get("ess"), 1), num(m["tv_to_target"]), num(m["target_group_share"])]
             + [num(m["clipped_mass"]), "exhausted" if m["exhausted"] else ""]
         )
-    header = ["method", "selected", "unique", "acceptance", "ESS", "TV to target"]
+    header = ["selector", "selected", "unique", "acceptance", "ESS", "TV to target"]
     return Table(header + ["target-group share", "clipped mass", "note"], rows)
 
 

@@ -11,9 +11,9 @@ Reads only files earlier stages wrote under ``<data_dir>/`` and writes ``<data_d
                      reason
   figures/*.png
 
-Evaluate runs (``evaluate/<run>/``) are named by one convention (``report_stats.parse_run_name``):
+Evaluate runs (``evaluate/<run>/``) are named by one convention (``layout.parse_run_name``):
   pretrained                  the recipe's model, not fine-tuned
-  <system>                    fine-tuned on the subset of select method <system> (rsft, random,
+  <system>                    fine-tuned on the subset of selector <system> (rsft, random,
                               oracle, full, wer_filter, importance) at the recipe's budget
                               (select.budget) and seed (finetune.seed, else seed)
   <system>-s<seed>            the same at another seed
@@ -33,6 +33,7 @@ import pandas as pd
 from pipeline.config import Recipe
 from pipeline.errors import UserError
 from pipeline.fsio import read_json, stable_seed, write_json
+from pipeline.layout import RunName, parse_run_name
 from pipeline.report import compare, doc, plots, stats
 
 log = logging.getLogger(__name__)
@@ -78,11 +79,11 @@ def load_runs(
     # the first reading's runs carry no '@'; the second's end with it
     found = [p for p in found if p.name.endswith(reading) and ("@" in p.name) == bool(reading)]
     seed = recipe.seed if recipe.finetune.seed is None else recipe.finetune.seed
-    runs: dict[stats.RunName, stats.Run] = {}
+    runs: dict[RunName, stats.Run] = {}
     other: list[str] = []  # runs of other experiments (dev arms, ...): one skip for them all
     # shortest name first: the bare name that the default pipeline writes wins a duplicate
     for path in sorted(found, key=lambda p: (len(p.name), p.name)):
-        key = stats.parse_run_name(path.name.removesuffix(reading), seed, recipe.select.budget)
+        key = parse_run_name(path.name.removesuffix(reading), seed, recipe.select.budget)
         if key is None:
             other.append(path.name)
             continue
@@ -121,18 +122,18 @@ def read_layout(run: Path, name: str) -> str | None:
 
 
 def load_selection(folder: Path, skips: Skips) -> dict | None:
-    """select/summary.json (with each method's ESS), its diagnostics, and the rsft log-ratios
+    """select/summary.json (with each selector's ESS), its diagnostics, and the rsft log-ratios
     of the whole pool and of the selected rows (``log_ratio.parquet``, ``rsft/subset.parquet``)."""
     if not (folder / "summary.json").exists():
         skips.add("selection", f"no {folder / 'summary.json'} (run: rsft select)")
         return None
     summary = read_json(folder / "summary.json")
     diagnostics = {}
-    for row in summary["methods"]:
-        path = folder / row["method"] / "diagnostics.json"
+    for row in summary["selectors"]:
+        path = folder / row["selector"] / "diagnostics.json"
         if "skipped" not in row and path.exists():
-            diagnostics[row["method"]] = read_json(path)
-            row["ess"] = diagnostics[row["method"]].get("ess")
+            diagnostics[row["selector"]] = read_json(path)
+            row["ess"] = diagnostics[row["selector"]].get("ess")
         elif "skipped" not in row:
             skips.add(f"selection {row['method']}", f"no {path}")
     selected = None
@@ -143,7 +144,7 @@ def load_selection(folder: Path, skips: Skips) -> dict | None:
         selected = ratios["log_w"][ratios["id"].isin(chosen)].to_numpy()
     elif "rsft" in diagnostics:
         skips.add("log-ratios of the rsft subset", f"no {ratio_path} or {subset_path}")
-    summary = {"budget": summary["budget"], "methods": summary["methods"]}
+    summary = {"budget": summary["budget"], "selectors": summary["selectors"]}
     return {"summary": summary, "diagnostics": diagnostics, "selected_log_w": selected}
 
 

@@ -1,5 +1,5 @@
-"""The numbers of the report: run names, WER per test-set role over seeds, the bootstrap
-clusters, and the layout each system was read in (paired tests: ``report_compare``).
+"""The numbers of the report: WER per test-set role over seeds, the bootstrap
+clusters, and the layout each system was read in (paired tests: ``report.compare``).
 
 Plain pandas and numpy over per-utterance error tables (``evaluate``'s ``utterances.parquet``);
 nothing here reads files. WERs are fractions of reference words, as in ``wer.json``.
@@ -7,47 +7,16 @@ nothing here reads files. WERs are fractions of reference words, as in ``wer.jso
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from pipeline import metrics
-from pipeline.config import SYSTEMS
+from pipeline.layout import PRETRAINED, SELECTORS, RunName
 
 BUDGETLESS = ("full",)  # trains on the whole pool: no point on the budget sweep
-PRETRAINED = "pretrained"
 ROLES = ("target", "clean", "noisy", "real")  # test set roles, named in ReportConfig
-_RUN_NAME = re.compile(r"^(?P<system>[a-z_]+)(?:-k(?P<budget>\d+))?(?:-s(?P<seed>\d+))?$")
-
-
-@dataclass(frozen=True)
-class RunName:
-    system: str  # a select method, or 'pretrained'
-    seed: int | None  # None for the pretrained model
-    budget: int | None  # subset size; None for the pretrained model
-    sweep: bool = False  # named with -k<budget>
-
-
-def parse_run_name(name: str, seed: int, budget: int) -> RunName | None:
-    """What an evaluate run's name stands for; None if it follows no rule of the convention.
-
-    ``pretrained``; ``<system>``; ``<system>-s<seed>``; ``<system>-k<budget>-s<seed>`` (or
-    ``-k<budget>`` alone), where <system> is a select method. ``seed`` and ``budget`` are the
-    recipe's, taken where the name leaves them out.
-    """
-    if name == PRETRAINED:
-        return RunName(PRETRAINED, None, None)
-    match = _RUN_NAME.match(name)
-    if match is None or match["system"] not in SYSTEMS:
-        return None
-    return RunName(
-        match["system"],
-        int(match["seed"]) if match["seed"] is not None else seed,
-        int(match["budget"]) if match["budget"] is not None else budget,
-        sweep=match["budget"] is not None,
-    )
 
 
 @dataclass
@@ -162,7 +131,7 @@ def layout(runs: list[Run], role: str = "target") -> str | None:
 def systems_table(runs: list[Run], rng, n_boot: int) -> list[dict]:
     """One row per system at the recipe budget, seeds aggregated; pretrained first."""
     rows = []
-    for system in (PRETRAINED, *SYSTEMS):
+    for system in (PRETRAINED, *SELECTORS):
         members = [r for r in runs if r.key.system == system and not r.key.sweep]
         if not members:
             continue
@@ -191,13 +160,13 @@ def sweep_table(runs: list[Run]) -> list[dict]:
     tuned = [
         r for r in runs if r.key.system not in (PRETRAINED, *BUDGETLESS) and "target" in r.sets
     ]
-    keys = sorted({(SYSTEMS.index(r.key.system), r.key.budget) for r in tuned})
+    keys = sorted({(SELECTORS.index(r.key.system), r.key.budget) for r in tuned})
     rows = []
     for index, budget in keys:
-        members = [r for r in tuned if r.key.system == SYSTEMS[index] and r.key.budget == budget]
+        members = [r for r in tuned if r.key.system == SELECTORS[index] and r.key.budget == budget]
         rows.append(
             {
-                "system": SYSTEMS[index],
+                "system": SELECTORS[index],
                 "budget": budget,
                 "runs": [r.name for r in members],
                 "layout": layout(members),

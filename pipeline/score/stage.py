@@ -24,17 +24,15 @@ import torch
 from accelerate import PartialState
 from tqdm import tqdm
 
-from pipeline import __version__, audio, manifest, metrics, resources, text
+from pipeline import __version__, audio, layout, manifest, metrics, resources, text
 from pipeline.config import Recipe
 from pipeline.errors import UserError
-from pipeline.evaluate.stage import MODELS_DIR
-from pipeline.fsio import atomic_path, file_sha256, fingerprint, read_json, write_json
+from pipeline.fsio import atomic_path, file_sha256, fingerprint
 from pipeline.models import loader
 from pipeline.models.base import SpeechModel, length_batches
 from pipeline.typed import to_dict
 
 log = logging.getLogger(__name__)
-EMBEDDING_REVISION = 2  # 2: every encoder layer's pooled states (1: the final layer's alone)
 UNLABELLED_SPLITS = ("target",)  # the target sample is audio only: its transcripts are not used
 
 
@@ -45,10 +43,13 @@ def run(recipe: Recipe) -> None:
     state = PartialState(cpu=not torch.cuda.is_available())
     sets = list(cfg.sets) or [s.name for s in recipe.prepare.sets if s.split in ("pool", "target")]
     split_of = {s.name: s.split for s in recipe.prepare.sets}
-    paths = {name: recipe.root / "prepare" / "manifests" / f"{name}.parquet" for name in sets}
+    paths = {name: recipe.tree.manifest(name) for name in sets}
     for name, path in paths.items():
         if not path.exists():
             raise UserError(f"set {name!r}: no manifest at {path} (run: rsft prepare first)")
+        if manifest.read(path).empty:
+            rejects = recipe.tree.prepare / "rejects" / f"{name}.tsv"
+            raise UserError(f"set {name!r}: no utterance to score (prepare's reasons: {rejects})")
     if state.is_main_process:
         log.info(
             "Stage 2: score %s with %s on %d process(es)",
@@ -57,7 +58,7 @@ def run(recipe: Recipe) -> None:
             state.num_processes,
         )
     with state.main_process_first():  # the bundled model is converted once
-        analyser = loader.load(replace(recipe.model, layout=cfg.layout), MODELS_DIR)
+        analyser = loader.load(replace(recipe.model, layout=cfg.layout), recipe.tree.models)
     reader = loader.with_layout(analyser, cfg.decode_layout)
     decoder = reader if cfg.hypotheses else None
     losses = wants_losses(recipe)
@@ -73,22 +74,20 @@ def run(recipe: Recipe) -> None:
             settings,
             file_sha256(path),
             __version__,
-            EMBEDDING_REVISION,
             *([reader.decoding_revision] if hypotheses else []),
         )
 
     for name, path in paths.items():
         key = set_key(path, cfg.hypotheses, losses)
         # a set scored with hypotheses or losses this run does not ask for is up to date too
-        # (make compare decodes the pool's hypotheses; a later make demo does not need them)
+        # (make experiment decodes the pool's hypotheses; a later make demo does not need them)
         richer = {
             set_key(path, cfg.hypotheses or h, losses or w)
             for h in (False, True)
             for w in (False, True)
         }
-        out = recipe.root / "score" / name
-        done = out / "done.json"
-        if done.exists() and read_json(done).get("key") in richer:
+        out = recipe.tree.score(name)
+        if layout.stamped_key(out / layout.STAMP) in richer:
             log.info("set %s: up to date", name)
             continue
         labelled = split_of.get(name) not in UNLABELLED_SPLITS
@@ -230,14 +229,12 @@ def gather(out: Path, key: str, frame: pd.DataFrame | None) -> None:
         np.save(fh, emb)
     with atomic_path(out / "scores.parquet") as tmp:
         table.to_parquet(tmp, index=False)
-    write_json(
-        out / "done.json",
-        {
-            "key": key,
-            "utterances": len(table),
-            "unreadable": int(table["unreadable"].sum()),
-            **resources.peak_rss(),  # of the main process, after scoring the set
-        },
+    layout.mark_done(
+        out / layout.STAMP,
+        key,
+        utterances=len(table),
+        unreadable=int(table["unreadable"].sum()),
+        **resources.peak_rss(),  # of the main process, after scoring the set
     )
     log.info(
         "set %s: %d utterances scored, %d unreadable",

@@ -1,7 +1,7 @@
 """Selectors over a scored pool and the diagnostics every selection writes: plain numpy.
 
 The exact fixed-budget design (the default for rsft and oracle) is in
-``pipeline.fixed_budget``; ``rejection_sample`` is rejection sampling as the method describes
+``fixed_budget``; ``rejection_sample`` is rejection sampling as the method describes
 it, exact only within its first pass.
 
 Weights arrive as log density ratios ``log_w`` aligned with the pool (``-inf`` is weight 0) and

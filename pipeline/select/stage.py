@@ -1,13 +1,13 @@
-"""Stage 3, select: density ratios and rejection sampling, with baselines at the same budget.
+"""Stage 3, select: density ratios, an exact fixed-budget draw, baselines at the same budget.
 
 Output, under ``<data_dir>/select/``:
-  <method>/subset.parquet    the selected pool rows (manifest columns, plus ``count`` for
+  <selector>/subset.parquet    the selected pool rows (manifest columns, plus ``count`` for
                              selectors that draw with replacement)
-  <method>/diagnostics.json  acceptance, expected vs actual, ESS, clipped mass, group shares
+  <selector>/diagnostics.json  acceptance, expected vs actual, ESS, clipped mass, group shares
                              of pool / target / selected with total variation, log-w histograms
-  <method>/shares.png, <method>/log_ratio.png
+  <selector>/shares.png, <selector>/log_ratio.png
   log_ratio.parquet          id, log_w of the rsft estimator (for reports)
-  summary.json, summary.txt  one row per method (and the run's peak RSS)
+  summary.json, summary.txt  one row per selector (and the run's peak RSS)
 
 The target sample's metadata (accent, noise, SNR) is used only by the ``oracle`` baseline and
 by the diagnostics; ``rsft`` sees the target sample's audio embeddings alone.
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import manifest, resources
+from pipeline import layout, manifest, resources
 from pipeline.config import Recipe, SelectConfig
 from pipeline.errors import UserError
 from pipeline.fsio import atomic_path, stable_seed, write_json, write_text
@@ -43,9 +43,9 @@ def group_keys(frame: pd.DataFrame, columns: tuple[str, ...]) -> list[tuple]:
 def load_scored(recipe: Recipe, name: str) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
     """A set's manifest, embeddings and scores, checked to be row-aligned, in id order: the
     manifest's row order (how the set was generated) must not change a selection."""
-    path = recipe.root / "prepare" / "manifests" / f"{name}.parquet"
-    out = recipe.root / "score" / name
-    if not (out / "done.json").exists():
+    path = recipe.tree.manifest(name)
+    out = recipe.tree.score(name)
+    if not (out / layout.STAMP).exists():
         raise UserError(f"set {name!r}: not scored yet (run: rsft score first)")
     frame = manifest.read(path)
     emb = np.load(out / "embeddings.npy").astype(np.float32)
@@ -93,11 +93,11 @@ def estimate_log_ratio(cfg: SelectConfig, pool_emb, target_emb, pool_groups, los
 
 
 def run(recipe: Recipe, out: Path | None = None) -> pd.DataFrame:
-    """Select every method's subset into ``out`` (default: <data_dir>/select)."""
+    """Select every selector's subset into ``out`` (default: <data_dir>/select)."""
     cfg = recipe.select
-    out = out or recipe.root / "select"
+    out = out or recipe.tree.select
     log.info(
-        "Stage 3: select %d of %s for %s -> %s", cfg.budget, cfg.pool, ", ".join(cfg.methods), out
+        "Stage 3: select %d of %s for %s -> %s", cfg.budget, cfg.pool, ", ".join(cfg.selectors), out
     )
     pool, pool_emb, scores = load_scored(recipe, cfg.pool)
     pool_groups = group_keys(pool, cfg.group_columns)
@@ -106,7 +106,7 @@ def run(recipe: Recipe, out: Path | None = None) -> pd.DataFrame:
     if cfg.target:
         target, target_emb, _ = load_scored(recipe, cfg.target)
         target_shares = sampling.group_shares(group_keys(target, cfg.group_columns))
-    needs_ratio = {"rsft", "importance"} & set(cfg.methods)
+    needs_ratio = {"rsft", "importance"} & set(cfg.selectors)
     if needs_ratio and "classifier" in cfg.estimators and target_emb is None:
         raise UserError("select.estimators: 'classifier' needs a target sample (select.target)")
     if needs_ratio and "difficulty" in cfg.estimators and not np.isfinite(scores["loss"]).any():
@@ -123,40 +123,42 @@ def run(recipe: Recipe, out: Path | None = None) -> pd.DataFrame:
     _write_frame(out / "log_ratio.parquet", pd.DataFrame({"id": pool["id"], "log_w": log_w}))
     labelled = _with_labelled(recipe, pool, pool_groups)
     rows = []
-    for method in cfg.methods:
-        rng = np.random.default_rng(stable_seed(recipe.seed, "select", method))
+    for selector in cfg.selectors:
+        rng = np.random.default_rng(stable_seed(recipe.seed, "select", selector))
         try:
-            if method in LABELLED:
-                selection, method_log_w = _select_labelled(method, cfg, log_w, labelled, rng)
+            if selector in LABELLED:
+                selection, selector_log_w = _select_labelled(selector, cfg, log_w, labelled, rng)
             else:
-                selection, method_log_w = _select(
-                    method, cfg, log_w, pool_groups, target_shares, scores, rng
+                selection, selector_log_w = _select(
+                    selector, cfg, log_w, pool_groups, target_shares, scores, rng
                 )
         except UserError as err:
-            if method in ("rsft", "random"):
+            if selector in ("rsft", "random"):
                 raise
-            log.warning("select: %s skipped: %s", method, err)  # a baseline missing its inputs
-            rows.append({"method": method, "skipped": str(err)})
+            log.warning("select: %s skipped: %s", selector, err)  # a baseline missing its inputs
+            rows.append({"selector": selector, "skipped": str(err)})
             continue
         rows_from, groups_of = pool, pool_groups
-        if method in LABELLED:  # rows past the pool's are the labelled set's
+        if selector in LABELLED:  # rows past the pool's are the labelled set's
             rows_from, groups_of = labelled
-        diag = sampling.diagnostics(method_log_w, selection, groups_of, target_shares)
+        diag = sampling.diagnostics(selector_log_w, selection, groups_of, target_shares)
         diag["selection"] = selection.to_dict()
         diag["target_group_share"] = _target_group_share(groups_of, selection, target_shares)
-        diag["estimators"] = info if method in ("rsft", "importance") else {}
-        if method in ("rsft", "oracle"):
-            diag["design"] = _design_check(method_log_w, selection, pool_groups, cfg.budget)
-        if selection.passes > 1 and method == "rsft":
+        diag["estimators"] = info if selector in ("rsft", "importance") else {}
+        if selector in ("rsft", "oracle"):
+            diag["design"] = _design_check(selector_log_w, selection, pool_groups, cfg.budget)
+        if selection.passes > 1 and selector == "rsft":
             diag.setdefault("warnings", []).append(
                 f"{selection.passes} passes: later passes are not exact draws from the target"
             )
-        _write_method(out / method, rows_from, selection, diag, method_log_w, groups_of)
-        rows.append(_summary_row(method, selection, diag))
+        _write_selection(
+            out / selector, recipe.root, rows_from, selection, diag, selector_log_w, groups_of
+        )
+        rows.append(_summary_row(selector, selection, diag))
     table = pd.DataFrame(rows)
     for column in ("selected", "unique", "passes"):
         table[column] = table[column].astype("Int64")
-    summary = {"budget": cfg.budget, "methods": rows, "estimators": info}
+    summary = {"budget": cfg.budget, "selectors": rows, "estimators": info}
     write_json(out / "summary.json", summary | resources.peak_rss())
     text = table.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-")
     write_text(out / "summary.txt", text + "\n")
@@ -164,35 +166,35 @@ def run(recipe: Recipe, out: Path | None = None) -> pd.DataFrame:
     return table
 
 
-def _select(method, cfg, log_w, pool_groups, target_shares, scores, rng):
+def _select(selector, cfg, log_w, pool_groups, target_shares, scores, rng):
     n = len(pool_groups)
-    if method == "rsft":
+    if selector == "rsft":
         return _sample(cfg, log_w, rng), log_w
-    if method == "importance":
+    if selector == "importance":
         return sampling.importance_sample(log_w, cfg.budget, rng), log_w
-    if method == "random":
+    if selector == "random":
         return sampling.uniform_sample(n, cfg.budget, rng), np.zeros(n)
-    if method == "full":
+    if selector == "full":
         everything = sampling.uniform_sample(n, n, rng, method="full")
         return everything, np.zeros(n)
-    if method == "oracle":
+    if selector == "oracle":
         if target_shares is None:
-            raise UserError("select.methods: 'oracle' needs a target sample with metadata")
+            raise UserError("select.selectors: 'oracle' needs a target sample with metadata")
         oracle_w, _ = ratios.groups_log_ratio(pool_groups, target_shares)
         return _sample(cfg, oracle_w, rng), oracle_w
-    if method == "wer_filter":
+    if selector == "wer_filter":
         if scores["wer"].isna().all():
             raise UserError(
-                "select.methods: 'wer_filter' needs hypotheses (score.hypotheses: true)"
+                "select.selectors: 'wer_filter' needs hypotheses (score.hypotheses: true)"
             )
         chosen = sampling.wer_filter_sample(
             scores["wer"].to_numpy(), cfg.wer_threshold, cfg.budget, rng
         )
         return chosen, np.zeros(n)
-    raise UserError(f"select.methods: unknown method {method!r}")
+    raise UserError(f"select.selectors: unknown selector {selector!r}")
 
 
-LABELLED = ("labelled_target", "rsft_labelled")  # methods that train on select.labelled_set
+LABELLED = ("labelled_target", "rsft_labelled")  # selectors that train on select.labelled_set
 
 
 def _with_labelled(recipe: Recipe, pool: pd.DataFrame, pool_groups: list):
@@ -201,7 +203,7 @@ def _with_labelled(recipe: Recipe, pool: pd.DataFrame, pool_groups: list):
     name = recipe.select.labelled_set
     if name is None:
         return None
-    path = recipe.root / "prepare" / "manifests" / f"{name}.parquet"
+    path = recipe.tree.manifest(name)
     if not path.exists():
         raise UserError(f"select.labelled_set: no manifest {path} (run: rsft prepare first)")
     extra = manifest.read(path).sort_values("id", kind="stable").reset_index(drop=True)
@@ -209,24 +211,24 @@ def _with_labelled(recipe: Recipe, pool: pd.DataFrame, pool_groups: list):
     return both, pool_groups + group_keys(extra, recipe.select.group_columns)
 
 
-def _select_labelled(method, cfg: SelectConfig, log_w, labelled, rng):
+def _select_labelled(selector, cfg: SelectConfig, log_w, labelled, rng):
     """``labelled_target``: the labelled set as it is (a user's transcribed target
     requests); ``rsft_labelled``: that set plus rsft's fixed-budget draw of the rest of the
     budget from the pool. Indices count the pool's rows first."""
     if labelled is None:
-        raise UserError(f"select.methods: {method!r} needs select.labelled_set")
+        raise UserError(f"select.selectors: {selector!r} needs select.labelled_set")
     n_pool = log_w.size
     n_extra = len(labelled[0]) - n_pool
     extra = n_pool + np.arange(n_extra, dtype=np.int64)
     picked, notes = extra, [f"{n_extra} labelled target-condition rows"]
-    if method == "rsft_labelled" and cfg.budget > n_extra:
+    if selector == "rsft_labelled" and cfg.budget > n_extra:
         drawn = _sample(replace(cfg, budget=cfg.budget - n_extra), log_w, rng)
         picked = np.concatenate([drawn.indices, extra])
         notes.append(f"{drawn.size} rows of the pool drawn as rsft draws them")
     both_log_w = np.concatenate([log_w, np.full(n_extra, log_w.max())])
     selection = sampling.Selection(
         indices=np.sort(picked),
-        method=method,
+        method=selector,
         budget=cfg.budget,
         n_pool=len(labelled[0]),
         proposals=int(picked.size),
@@ -278,9 +280,9 @@ def _target_group_share(pool_groups, selection, target_shares) -> float | None:
     return sum(g in wanted for g in picked) / max(1, len(picked))
 
 
-def _summary_row(method: str, selection, diag: dict) -> dict:
+def _summary_row(selector: str, selection, diag: dict) -> dict:
     return {
-        "method": method,
+        "selector": selector,
         "selected": selection.size,
         "unique": selection.n_unique,
         "sampler": selection.method,
@@ -294,13 +296,13 @@ def _summary_row(method: str, selection, diag: dict) -> dict:
     }
 
 
-def _write_method(out: Path, pool, selection, diag, log_w, pool_groups) -> None:
+def _write_selection(out: Path, root: Path, pool, selection, diag, log_w, pool_groups) -> None:
+    """The subset (audio paths relative to it, wherever ``out`` lies under the data root
+    ``root``), its diagnostics and plots."""
     counts = np.bincount(selection.indices, minlength=len(pool))
     picked = np.flatnonzero(counts)
     subset = pool.iloc[picked].assign(count=counts[picked]).reset_index(drop=True)
-    root = out.parent.parent
-    path = out / "subset.parquet"
-    manifest.write(subset, path, root=root)
+    manifest.write(subset, out / "subset.parquet", root=root)
     write_json(out / "diagnostics.json", diag)
     plots.selection_plots(out, diag, log_w, pool_groups)
 

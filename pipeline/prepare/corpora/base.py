@@ -134,12 +134,13 @@ def kept(rule: Keep | None, uid: str, speaker: str, accent: str) -> bool:
     return (lo, hi) == (0.0, 1.0) or lo <= bucket("utterance", uid) < hi
 
 
-def ingest(cand: Candidate, out_path: Path, limits: Limits) -> dict | Reject:
+def ingest(cand: Candidate, out_path: Path, limits: Limits, labelled: bool = True) -> dict | Reject:
     """Load, check and store one candidate; return its manifest row or a Reject.
 
-    Runs in worker processes, so it only touches ``out_path`` (written atomically).
+    Runs in worker processes, so it only touches ``out_path`` (written atomically). An
+    unlabelled set's transcripts (the target sample's) are not checked: they are never used.
     """
-    reason = check_text(cand.text)
+    reason = check_text(cand.text) if labelled else None
     if reason:
         return Reject(cand.id, reason, cand.source)
     changes: dict = {}

@@ -42,11 +42,13 @@ def candidates(cfg: LocalSource, ctx: SourceContext) -> Iterator[Entry]:
     """Yield a Candidate or a Reject for each utterance of a local corpus, in a stable order.
 
     The order is the table's row order, or sorted utterance ids for Kaldi. ``cfg.limit``
-    stops after that many Candidates; the Rejects met on the way are still yielded.
+    stops after that many Candidates; the Rejects met on the way are still yielded. A
+    ``target`` set is unlabelled audio (its transcripts are never used): its table may have
+    no text column, or empty cells.
     """
-    del ctx  # local files need no work folder
     root = Path(cfg.path).expanduser()
-    entries = _kaldi(root, cfg) if cfg.format == "kaldi" else _table(root, cfg)
+    unlabelled = ctx.split == "target"
+    entries = _kaldi(root, cfg) if cfg.format == "kaldi" else _table(root, cfg, unlabelled)
     yield from take(entries, cfg.limit)
 
 
@@ -105,11 +107,11 @@ def _column(frame: pd.DataFrame, table: Path, names: tuple[str, ...], required: 
     return None
 
 
-def _table(root: Path, cfg: LocalSource) -> Iterator[Entry]:
+def _table(root: Path, cfg: LocalSource, unlabelled: bool = False) -> Iterator[Entry]:
     table = find_table(root, cfg.transcript)
     frame = read_table(table)
     audio_col = _column(frame, table, AUDIO_COLUMNS, required=True)
-    text_col = _column(frame, table, TEXT_COLUMNS, required=True)
+    text_col = _column(frame, table, TEXT_COLUMNS, required=not unlabelled)
     id_col = _column(frame, table, ("id",), required=False)
     speaker_col = _column(frame, table, ("speaker",), required=False)
     accent_col = _column(frame, table, ("accent",), required=False)
@@ -128,8 +130,8 @@ def _table(root: Path, cfg: LocalSource) -> Iterator[Entry]:
             yield Reject(utt, f"duplicate id: first on line {first_row[utt]}", SOURCE)
             continue
         first_row[utt] = line
-        text = frame[text_col].iat[row]
-        reason = check_text(text)
+        text = frame[text_col].iat[row] if text_col else ""
+        reason = None if unlabelled else check_text(text)
         if reason:
             yield Reject(utt, reason, SOURCE)
             continue
