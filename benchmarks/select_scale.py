@@ -28,8 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import sampling  # noqa: E402
-from pipeline.select import ratios
+from pipeline.select import ratios, sampling  # noqa: E402
 
 ACCENTS = ["us", "gb", "scotland", "rp", "lancaster", "midlands", "caribbean", "nyc"]
 SNR_DB = [0, 5, 10, 20]

@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import ratios  # noqa: E402
+from pipeline.select import ratios  # noqa: E402
 from pipeline.config import load_recipe  # noqa: E402
 from pipeline.fsio import stable_seed  # noqa: E402
 from pipeline.select.stage import group_keys, load_scored  # noqa: E402

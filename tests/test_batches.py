@@ -101,18 +101,19 @@ def test_a_fixed_share_of_files_is_read_through_a_telephone_band(speech, tmp_pat
     assert np.corrcoef(wide, narrow)[0, 1] > 0.9
 
 
-def test_the_telephone_band_enters_the_training_key_only_when_set():
+def test_every_training_setting_enters_the_key_and_the_weight_mix_does_not():
     from dataclasses import replace
 
     from pipeline.config import FinetuneConfig
     from pipeline.finetune.stage import training_settings
 
     plain = training_settings(FinetuneConfig())
-    assert "narrowband_fraction" not in plain  # runs trained before it keep their key
-    assert training_settings(replace(FinetuneConfig(), narrowband_fraction=0.5)) == {
-        **plain,
-        "narrowband_fraction": 0.5,
-    }
+    assert plain["narrowband_fraction"] == 0.0 and plain["single_windows"] == 0
+    banded = training_settings(replace(FinetuneConfig(), narrowband_fraction=0.5))
+    assert banded == {**plain, "narrowband_fraction": 0.5}
+    # the mix is applied after training: changing it must not train again
+    mixed = replace(FinetuneConfig(), interpolate=0.5, interpolate_decoder=0.25)
+    assert training_settings(mixed) == plain and "interpolate" not in plain
 
 
 def test_single_windows_put_the_first_utterances_of_a_batch_alone(tiny_whisper_dir):

@@ -85,9 +85,9 @@ def kl_divergence(teacher_logits, logits, mask) -> torch.Tensor:
     return (per_position * weights).sum() / weights.sum().clamp(min=1.0)
 
 
-def add_lora(model: torch.nn.Module, cfg: FinetuneConfig) -> PeftModel:
-    """LoRA adapters on ``cfg.lora_modules`` (base weights frozen); a CTC head stays trainable,
-    since it may be new (a vocabulary from the data)."""
+def add_lora(model: torch.nn.Module, cfg: FinetuneConfig, keep: tuple[str, ...] = ()) -> PeftModel:
+    """LoRA adapters on ``cfg.lora_modules`` (base weights frozen); the modules in ``keep``
+    train in full (``SpeechModel.lora_trains_in_full``: a CTC head may be new)."""
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     targets = [m for m in cfg.lora_modules if m in names]
     if not targets:
@@ -95,14 +95,13 @@ def add_lora(model: torch.nn.Module, cfg: FinetuneConfig) -> PeftModel:
             f"finetune.lora_modules: none of {list(cfg.lora_modules)} is a module of "
             f"{model.config.model_type} (e.g. q_proj, v_proj)"
         )
-    head = ["lm_head"] if model.config.model_type != "whisper" else None
     config = LoraConfig(
         r=cfg.lora_rank,
         lora_alpha=cfg.lora_alpha,
         target_modules=targets,
         lora_dropout=0.0,
         bias="none",
-        modules_to_save=head,
+        modules_to_save=list(keep) or None,
     )
     return get_peft_model(model, config)
 

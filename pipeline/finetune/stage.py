@@ -189,14 +189,14 @@ def training_function(
     if cfg.interpolate_decoder is not None:
         wrapped.is_decoder("")  # a model without a decoder fails here, before training
     if cfg.train == "lora":
-        model = forgetting.add_lora(model, cfg)
+        model = forgetting.add_lora(model, cfg, wrapped.lora_trains_in_full)
     anchor = forgetting.Anchor(model, cfg, accelerator.device, wrapped.training_loss)
     train_loader, sampler = get_dataloaders(
         run.frame, run.pool, wrapped, cfg, recipe.model.context_s, run.seed
     )
     params = [p for p in model.parameters() if p.requires_grad]
-    # fused: one kernel over every tensor (the default loop updates them one at a time,
-    # 0.7-2.4 s against 0.15-0.2 s a step for tiny.en on 2 CPU cores)
+    # fused: one kernel over every tensor (the default loop updates them one at a time, which
+    # dominated a small model's step on the CPU)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     # stepped by hand once per optimizer step: Accelerate's wrapper would step it once per
     # process, which shortens the schedule under `accelerate launch`

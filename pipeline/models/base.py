@@ -43,6 +43,8 @@ class SpeechModel(ABC):
     # raised when a change to the decoding code changes transcripts: evaluate runs keyed with
     # an older revision are decoded again
     decoding_revision: int = 1
+    # modules a LoRA run trains in full beside its adapters (a CTC head built for new data)
+    lora_trains_in_full: tuple[str, ...] = ()
 
     @abstractmethod
     def transcribe(self, waves: Sequence[np.ndarray]) -> list[str]:

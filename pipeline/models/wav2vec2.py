@@ -12,6 +12,8 @@ from pipeline.models.base import SAMPLE_RATE, Batch, SpeechModel, TrainingLayout
 
 
 class CTC(SpeechModel):
+    lora_trains_in_full = ("lm_head",)  # the head may be new (a vocabulary from the data)
+
     def __init__(self, model, processor, name: str):
         self.model = model.train(False)  # inference mode: no dropout
         self.processor = processor

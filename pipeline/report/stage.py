@@ -109,16 +109,10 @@ def load_runs(
 
 
 def read_layout(run: Path, name: str) -> str | None:
-    """The layout a run read set ``name`` in: the set's wer.json, else the set's row of the
-    run's wer.json, else the run's layout; None when none says (an older evaluate)."""
-    own = run / name / "wer.json"
-    if own.exists() and (found := read_json(own).get("layout")):
-        return found
-    if not (run / "wer.json").exists():
-        return None
-    summary = read_json(run / "wer.json")
-    rows = [r for r in summary.get("sets", []) if r.get("set") == name and r.get("layout")]
-    return rows[0]["layout"] if rows else summary.get("layout")
+    """The layout a run read set ``name`` in, as its wer.json records it (None without one:
+    a reading killed before it finished)."""
+    path = run / name / "wer.json"
+    return read_json(path).get("layout") if path.exists() else None
 
 
 def load_selection(folder: Path, skips: Skips) -> dict | None:

@@ -188,8 +188,8 @@ def classifier_log_ratio(
     seed = int(rng.integers(2**31 - 1 - folds))
     layers = [layer % n_layers] if layer is not None else list(range(n_layers))
     candidates, best = [], None
-    # The fits are many thin matrix-vector products, where BLAS threads only contend: one
-    # thread measured 9x faster (1e5 x 32 rows on 2 cores: 11.0 s -> 1.2 s).
+    # The fits are many thin matrix-vector products, where BLAS threads only contend with
+    # each other: one thread runs them fastest.
     with threadpool_limits(limits=1, user_api="blas"):
         for at in layers:
             for c_value in Cs:
