@@ -27,9 +27,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.select import ratios  # noqa: E402
 from pipeline.config import load_recipe  # noqa: E402
 from pipeline.fsio import stable_seed  # noqa: E402
+from pipeline.select import ratios  # noqa: E402
 from pipeline.select.stage import group_keys, load_scored  # noqa: E402
 
 OLD_DEFAULT = {"layer": -1, "C": 1.0}  # what select read before the choice: the final layer
