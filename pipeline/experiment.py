@@ -33,6 +33,10 @@ class Arm:
             self.system, self.seed, self.budget, recipe.seed, recipe.select.budget
         )
 
+    def variant(self, recipe: Recipe) -> str | None:
+        """The select/variants/ folder of this arm's draw; None for the recipe's own."""
+        return layout.variant(self.seed, self.budget, recipe.seed, recipe.select.budget)
+
     def subset(self, recipe: Recipe) -> str:
         """The subset's name under select/: the main selection, or a variant's."""
         return layout.subset_name(
@@ -146,7 +150,7 @@ def run(recipe: Recipe, quick: bool = False, timings: dict[str, float] | None = 
         variant = seeded(recipe, arm.seed, arm.budget)
         name, subset = arm.name(recipe), arm.subset(recipe)
         if (arm.seed, arm.budget) not in selected:
-            select.run(variant, tree.subset(subset).parent.parent)
+            select.run(variant, tree.selection(arm.variant(recipe)))
             selected.add((arm.seed, arm.budget))
         if not tree.subset(subset).exists():
             log.warning("experiment: %s skipped: select wrote no %s subset", name, arm.system)

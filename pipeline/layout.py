@@ -158,29 +158,32 @@ def parse_run_name(name: str, seed: int, budget: int) -> RunName | None:
     )
 
 
-def variant_name(seed: int, budget: int) -> str:
-    """The folder under select/variants/ of a draw at another seed or budget."""
+def variant(seed: int, budget: int, base_seed: int, base_budget: int) -> str | None:
+    """The folder under select/variants/ of a draw at another seed or budget than the
+    recipe's (``base_*``); None for the recipe's own draw."""
+    if seed == base_seed and budget == base_budget:
+        return None
     return f"k{budget}-s{seed}"
 
 
 def subset_name(selector: str, seed: int, budget: int, base_seed: int, base_budget: int) -> str:
     """A subset's name under select/ (``DataTree.subset``): the recipe's own draw, or a
     variant's."""
-    if seed == base_seed and budget == base_budget:
-        return selector
-    return f"variants/{variant_name(seed, budget)}/{selector}"
+    folder = variant(seed, budget, base_seed, base_budget)
+    return f"variants/{folder}/{selector}" if folder else selector
 
 
 # -- completion stamps --
 
 
+def stamped_key(stamp: Path) -> str | None:
+    """The key of the inputs the stamped output was made from; None without a stamp."""
+    return read_json(stamp).get("key") if stamp.exists() else None
+
+
 def is_done(stamp: Path, key: str) -> bool:
     """Whether the stamp says its output was made from inputs with this key."""
-    return stamp.exists() and read_json(stamp).get("key") == key
-
-
-def stamped_key(stamp: Path) -> str | None:
-    return read_json(stamp).get("key") if stamp.exists() else None
+    return stamped_key(stamp) == key
 
 
 def mark_done(stamp: Path, key: str, **record) -> None:

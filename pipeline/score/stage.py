@@ -44,10 +44,12 @@ def run(recipe: Recipe) -> None:
     sets = list(cfg.sets) or [s.name for s in recipe.prepare.sets if s.split in ("pool", "target")]
     split_of = {s.name: s.split for s in recipe.prepare.sets}
     paths = {name: recipe.tree.manifest(name) for name in sets}
+    frames = {}
     for name, path in paths.items():
         if not path.exists():
             raise UserError(f"set {name!r}: no manifest at {path} (run: rsft prepare first)")
-        if manifest.read(path).empty:
+        frames[name] = manifest.read(path)
+        if frames[name].empty:
             rejects = recipe.tree.prepare / "rejects" / f"{name}.tsv"
             raise UserError(f"set {name!r}: no utterance to score (prepare's reasons: {rejects})")
     if state.is_main_process:
@@ -94,7 +96,7 @@ def run(recipe: Recipe) -> None:
         score_set(
             analyser,
             decoder,
-            manifest.read(path),
+            frames[name],
             out,
             key,
             cfg.shard_size,
@@ -105,7 +107,7 @@ def run(recipe: Recipe) -> None:
         )
         if state.is_main_process:
             decoded = labelled and decoder is not None
-            gather(out, key, manifest.read(path) if decoded else None)
+            gather(out, key, frames[name] if decoded else None)
         state.wait_for_everyone()
 
 
