@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from pipeline.fsio import atomic_path
 SAMPLE_RATE = 16000  # Hz; every prepared utterance is mono at this rate
 MIN_SOURCE_RATE = 8000  # Hz; below this a recording has lost the speech band
 FRAME_S = 0.02  # 20 ms frames for the active-speech level
+STREAMED_WAV_SIZE = 0x7FFF0000  # data sizes from here up are placeholders of streamed WAVs
 ACTIVE_FLOOR_DB = 40.0  # frames more than this below the loudest frame count as pauses
 
 
@@ -27,6 +29,16 @@ def read(src: str | Path | bytes, sample_rate: int = SAMPLE_RATE) -> tuple[np.nd
     Returns the samples and a dict of what was changed (``downmixed``, ``resampled_from``).
     Raises AudioError with a one-line reason for audio that cannot be used.
     """
+    try:
+        if isinstance(src, bytes):
+            short = _wav_shortfall(io.BytesIO(src), len(src))
+        else:
+            with open(src, "rb") as fh:
+                short = _wav_shortfall(fh, Path(src).stat().st_size)
+    except OSError as err:
+        raise AudioError(f"unreadable audio: {err.strerror or err}") from None
+    if short:
+        raise AudioError(short)
     try:
         handle = io.BytesIO(src) if isinstance(src, bytes) else src
         wave, rate = sf.read(handle, dtype="float32", always_2d=True)
@@ -48,6 +60,30 @@ def read(src: str | Path | bytes, sample_rate: int = SAMPLE_RATE) -> tuple[np.nd
     return np.ascontiguousarray(mono, dtype=np.float32), changes
 
 
+def _wav_shortfall(fh, size: int) -> str | None:
+    """The reject reason of a RIFF WAV whose data chunk holds fewer bytes than its header
+    declares (a cut download or copy), else None. libsndfile reads such a file without a
+    word, as if the recording were that short, so its transcript would be kept with a part
+    of its audio. Other formats pass, and so do WAVs written to a stream, whose header
+    holds a placeholder size (0, or near 2**31 or 2**32: espeak-ng writes 0x7FFFF000)."""
+    head = fh.read(12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    pos = 12
+    while pos + 8 <= size:
+        fh.seek(pos)
+        chunk, length = struct.unpack("<4sI", fh.read(8))
+        if chunk == b"data":
+            held = size - pos - 8
+            if 0 < length < STREAMED_WAV_SIZE and held < length:
+                return (
+                    f"truncated WAV: header declares {length} bytes of samples, file holds {held}"
+                )
+            return None
+        pos += 8 + length + (length & 1)  # chunks are word-aligned
+    return None
+
+
 def telephone_band(
     wave: np.ndarray, sample_rate: int = SAMPLE_RATE, rate: int = 8000
 ) -> np.ndarray:
@@ -65,8 +101,15 @@ def write_flac(path: str | Path, wave: np.ndarray, sample_rate: int = SAMPLE_RAT
     peak = float(np.max(np.abs(wave))) if wave.size else 0.0
     if peak > 0.999:
         wave = wave * (0.999 / peak)
+    encoded = io.BytesIO()
+    sf.write(encoded, wave, sample_rate, subtype="PCM_16", format="FLAC")
+    # written by Python, not libsndfile: a full disk is then an OSError naming the file and
+    # the cause (libsndfile reports only "System error.")
     with atomic_path(path) as tmp:
-        sf.write(tmp, wave, sample_rate, subtype="PCM_16", format="FLAC")
+        try:
+            tmp.write_bytes(encoded.getvalue())
+        except OSError as err:
+            raise OSError(err.errno, err.strerror, str(path)) from None
 
 
 def duration_s(path: str | Path) -> float:

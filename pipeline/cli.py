@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from pathlib import Path
@@ -92,6 +93,44 @@ STAGES = {
 }
 
 
+def _at_least_one(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of an error, not one line"
+    )
+
+
+# what to do about an OS error, by errno; the line names the path and the system's words
+_OS_HINTS = {
+    errno.ENOSPC: "free disk space, or set data_dir to a larger disk; rerun to resume",
+    errno.EDQUOT: "free space in your quota, or set data_dir elsewhere; rerun to resume",
+    errno.EACCES: "check its permissions, or set data_dir to a folder you can write",
+    errno.EPERM: "check its permissions, or set data_dir to a folder you can write",
+    errno.EROFS: "a read-only file system: set data_dir to a writable folder",
+    errno.ENOENT: "check the path (a recipe path, a set's files, or an earlier stage's output)",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: check data_dir and the paths",
+    errno.EISDIR: "a folder where a file was expected: check the path",
+}
+
+
+def os_error_line(err: OSError) -> str:
+    """One line for an OS error: the path, the system's words, and what to do."""
+    where = f"{err.filename}: " if err.filename else ""
+    what = err.strerror or str(err)
+    hint = _OS_HINTS.get(err.errno or 0)
+    return f"{where}{what}" + (f"; {hint}" if hint else "")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rsft", description="Adapt speech recognisers to new accents and noisy rooms."
@@ -108,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="SECTION.KEY=VALUE",
             help="override a recipe field (repeatable); list items by index or name",
         )
-        stage.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+        _common(stage)
         stage.set_defaults(func=func)
         if name == "finetune":
             stage.add_argument(
@@ -140,7 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
         "run_a", type=Path, help="evaluate run folder, e.g. data/demo/evaluate/pretrained"
     )
     compare.add_argument("run_b", type=Path, help="second evaluate run folder")
-    compare.add_argument("--bootstrap", type=int, default=10000, help="resamples (default 10000)")
+    compare.add_argument(
+        "--bootstrap", type=_at_least_one, default=10000, help="resamples (default 10000)"
+    )
     compare.add_argument(
         "--changes",
         action="append",
@@ -150,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument(
         "--top", type=int, default=20, help="with --changes: utterances shown each way (20)"
     )
-    compare.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    _common(compare)
     compare.set_defaults(func=_compare)
     return parser
 
@@ -164,8 +205,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     try:
         args.func(args)
-    except UserError as err:
-        print(f"rsft {args.stage}: error: {err}", file=sys.stderr)
+    except (UserError, OSError) as err:
+        if args.debug:
+            raise
+        line = os_error_line(err) if isinstance(err, OSError) else str(err)
+        print(f"rsft {args.stage}: error: {line}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print(f"rsft {args.stage}: interrupted; rerun to resume", file=sys.stderr)

@@ -14,8 +14,9 @@ from typing import Any, Literal
 import yaml
 
 from pipeline import typed
-from pipeline.errors import RecipeError
-from pipeline.layout import SELECTORS, DataTree, Selector
+from pipeline.errors import RecipeError, UserError
+from pipeline.layout import SELECTORS, DataTree, Selector, check_name
+from pipeline.typed import ranged
 
 Split = Literal["pool", "target", "dev", "test"]
 NoiseRegion = Literal["train", "dev", "test"]
@@ -35,14 +36,15 @@ class NoiseConfig:
     per_utterance: Literal["one", "each_snr"] = "one"
     keep_clean: bool = False  # also keep the clean utterance as a row of its own
     region: NoiseRegion = "train"  # which part of each recording the set may draw from
-    babble_talkers: tuple[int, int] = (3, 6)  # inclusive range of talkers mixed into babble
+    # inclusive range of talkers mixed into babble
+    babble_talkers: tuple[int, int] = ranged((3, 6), ge=1)
 
 
 @dataclass(frozen=True)
 class SynthPart:
     """A slice of a synthesised set: how many commands, in which voices, in which noise."""
 
-    count: int
+    count: int = ranged(ge=1)
     voices: tuple[str, ...]  # accent names (see corpora.voices) or engine voice ids
     noise: NoiseConfig | None = None  # overrides the set's noise block
 
@@ -65,10 +67,10 @@ class SynthSource:
 class AsteriskSource:
     kind: Literal["asterisk"]
     part: Literal["guard", "test", "all"] = "test"
-    guard_fraction: float = 0.5  # share of prompts in the guard (dev) part
+    guard_fraction: float = ranged(0.5, gt=0, lt=1)  # share of prompts in the guard (dev) part
     sounds_dir: str = "/usr/share/asterisk/sounds/en_US_f_Allison"
     transcripts: str = "/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz"
-    limit: int | None = None
+    limit: int | None = ranged(None, ge=1)
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,7 @@ class LocalSource:
     transcript: str | None = None  # table file inside `path` (default: the only .tsv/.csv)
     accent: str = "unknown"  # accent for rows that carry none
     keep: Keep | None = None
-    limit: int | None = None
+    limit: int | None = ranged(None, ge=1)
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,7 @@ class HFSource:
     accent: str = "unknown"
     streaming: bool = False
     keep: Keep | None = None
-    limit: int | None = None
+    limit: int | None = ranged(None, ge=1)
     revision: str | None = None
 
 
@@ -123,7 +125,12 @@ class OpenSLRSource:
     subset: str | None = None  # e.g. 'train-clean-100' or 'noise'
     accent: str = "unknown"
     keep: Keep | None = None
-    limit: int | None = None
+    limit: int | None = ranged(None, ge=1)
+    # what the archive may expand to, checked before extraction (archives.Limits: the
+    # defaults admit every LibriSpeech part and MUSAN, and refuse compression bombs)
+    max_members: int = ranged(1_000_000, ge=1)
+    max_extracted_gb: float = ranged(200.0, gt=0)
+    max_expansion: float = ranged(50.0, ge=1)
 
 
 @dataclass(frozen=True)
@@ -136,7 +143,7 @@ class CommonVoiceSource:
     path: str
     split: str = "train"  # the TSV: train, dev, test (speaker-disjoint), validated, other, ...
     keep: Keep | None = None  # keep.accents matches the accent the manifest gets
-    limit: int | None = None
+    limit: int | None = ranged(None, ge=1)
 
 
 @dataclass(frozen=True)
@@ -149,7 +156,7 @@ class L2ArcticSource:
     # test sentences can be kept out of training (every speaker reads the same prompts)
     prompts: Literal["all", "a", "b"] = "all"
     keep: Keep | None = None  # keep.speakers: speaker codes; keep.accents: L1s (e.g. vietnamese)
-    limit: int | None = None
+    limit: int | None = ranged(None, ge=1)
 
 
 Source = (
@@ -175,10 +182,11 @@ class SetConfig:
 
 @dataclass(frozen=True)
 class PrepareConfig:
-    sample_rate: int = 16000  # every prepared utterance is mono at this rate
-    min_duration_s: float = 0.3
-    max_duration_s: float = 30.0  # Whisper's window; longer utterances are rejected
-    workers: int = 2
+    # every prepared utterance is mono at this rate
+    sample_rate: int = ranged(16000, ge=8000, le=96000)
+    min_duration_s: float = ranged(0.3, ge=0)
+    max_duration_s: float = ranged(30.0, gt=0)  # Whisper's window; longer utterances are rejected
+    workers: int = ranged(2, ge=1)
     # fractions of every noise recording reserved for each use, so that test noise is unseen
     noise_regions: dict[str, tuple[float, float]] = field(
         default_factory=lambda: {"train": (0.0, 0.6), "dev": (0.6, 0.7), "test": (0.7, 1.0)}
@@ -201,14 +209,15 @@ class ModelConfig:
     # Whisper input layout: 'standard' (30 s padding), 'short' (encoder context cut to
     # context_s) or 'packed' (several utterances per 30 s window); see pipeline.models.whisper
     layout: Literal["standard", "short", "packed"] = "standard"
-    context_s: float = 8.0
-    pack_gap_s: float = 1.0  # silence between packed utterances
-    tokens_per_s: float = 6.0  # generation cap per second of audio (stops repetition loops)
+    context_s: float = ranged(8.0, gt=0, le=30)
+    pack_gap_s: float = ranged(1.0, ge=0, lt=30)  # silence between packed utterances
+    # generation cap per second of audio (stops repetition loops)
+    tokens_per_s: float = ranged(6.0, gt=0)
     # Whisper: a block of up to 8 tokens repeated this many times in a row is a loop, cut to
     # one copy; a window of one utterance stops generating there, a packed window decodes on
     # (its later utterances follow). 0: loops run to the tokens_per_s cap, in a packed window
     # the whole window's. 4 chosen on the dev sets (recipes/RESULTS.md)
-    loop_repeats: int = 4
+    loop_repeats: int = ranged(4, ge=0)
     # attention of each new token while generating: 'fp32' (matmuls in fp32; the cross-
     # attention keys and values converted once per batch) or 'sdpa' (PyTorch's kernel, which
     # on a CPU in bf16 spends most of a greedy step there). Longer queries (the encoder,
@@ -217,8 +226,8 @@ class ModelConfig:
     # bf16 autocast outside training (decoding; the score's encoder and loss passes): 'auto'
     # where the machine computes bf16 natively (a GPU with bf16, a CPU with AVX512-BF16 or AMX)
     bf16: Literal["auto"] | bool = "auto"
-    batch_size: int = 16
-    threads: int | None = None  # torch threads (default: torch's choice)
+    batch_size: int = ranged(16, ge=1)
+    threads: int | None = ranged(None, ge=1)  # torch threads (default: torch's choice)
 
     def key(self, decodes: bool) -> dict:
         """The settings that a stage's output depends on, for its key: a stage that generates
@@ -246,15 +255,15 @@ class ScoreConfig:
     # teacher-forced NLL of each transcript (the 'difficulty' estimator's input); None: only
     # when select.estimators has 'difficulty'
     losses: bool | None = None
-    batch_size: int = 32
-    shard_size: int = 512  # utterances per resumable piece
+    batch_size: int = ranged(32, ge=1)
+    shard_size: int = ranged(512, ge=1)  # utterances per resumable piece
 
 
 @dataclass(frozen=True)
 class SelectConfig:
     pool: str = "pool"  # the labelled pool set
     target: str | None = "target"  # the unlabelled target-sample set
-    budget: int = 300  # utterances per subset
+    budget: int = ranged(300, ge=1)  # utterances per subset
     # how subsets are drawn, each training one system of the comparison (layout.SELECTORS)
     selectors: tuple[Selector, ...] = SELECTORS
     # a labelled set from the target condition (a user's transcribed target requests, e.g.
@@ -267,13 +276,13 @@ class SelectConfig:
     group_weights: dict[str, float] = field(
         default_factory=dict
     )  # 'a|b|c' -> weight; {} = balanced
-    folds: int = 5  # cross-fitting folds of the classifier
+    folds: int = ranged(5, ge=2)  # cross-fitting folds of the classifier
     # inverse L2 strength of the logistic regression, and the encoder layer whose pooled
     # states it reads (0: the first block's input; -1: the final layer). None: chosen by the
     # classifier's cross-fitted log loss (C among 0.01, 0.1, 1; every scored layer)
-    C: float | None = None
+    C: float | None = ranged(None, gt=0)
     layer: int | None = None
-    pca_dim: int | None = None
+    pca_dim: int | None = ranged(None, ge=1)
     beta: float = 1.0  # difficulty tilt exp(beta * loss)
     # rsft's and oracle's draw of `budget` rows: 'fixed_budget' (exact: row x is selected with
     # probability min(1, c w(x)), c set so that the budget is met; pipeline/select/fixed_budget.py)
@@ -282,16 +291,17 @@ class SelectConfig:
     sampler: Literal["fixed_budget", "rejection"] = "fixed_budget"
     # rejection: M = max w when None; a quantile of w trades exactness for acceptance, and
     # clips most of the mass when the target is rarer than 1 - quantile of the pool
-    cap_quantile: float | None = None
-    wer_threshold: float = 0.3  # wer_filter keeps utterances at or below this pretrained WER
+    cap_quantile: float | None = ranged(None, gt=0, le=1)
+    # wer_filter keeps utterances at or below this pretrained WER
+    wer_threshold: float = ranged(0.3, ge=0)
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
     sets: tuple[str, ...] = ()  # prepared sets to score; default: every 'test' set
     group_by: tuple[str, ...] = ("accent", "noise", "snr_db")
-    bootstrap: int = 1000  # resamples for confidence intervals
-    limit: int | None = None  # utterances per set, for quick looks
+    bootstrap: int = ranged(1000, ge=1)  # resamples for confidence intervals
+    limit: int | None = ranged(None, ge=1)  # utterances per set, for quick looks
     # model.layout 'packed': utterances of one group (group_by) are decoded together in 30 s
     # windows and each window's transcript is cut per utterance by aligning it to the joined
     # references ('references': long-form scoring, group WER exact) or by Whisper's segment
@@ -311,12 +321,12 @@ class FinetuneConfig:
     """Stage 4: fine-tune the recipe's model on one selected subset with Accelerate."""
 
     subset: str = "rsft"  # select/<subset>/subset.parquet trains: a selector, or a variant's
-    steps: int = 150  # optimizer steps (each of grad_accum batches)
-    batch_size: int = 8  # utterances per batch per process (packed: before packing)
-    grad_accum: int = 1  # batches per optimizer step
-    lr: float = 1e-5  # peak learning rate (AdamW)
-    warmup_steps: int = 10  # linear warmup, then linear decay to 0 at `steps`
-    weight_decay: float = 0.0
+    steps: int = ranged(150, ge=1)  # optimizer steps (each of grad_accum batches)
+    batch_size: int = ranged(8, ge=1)  # utterances per batch per process (packed: before packing)
+    grad_accum: int = ranged(1, ge=1)  # batches per optimizer step
+    lr: float = ranged(1e-5, gt=0)  # peak learning rate (AdamW)
+    warmup_steps: int = ranged(10, ge=0)  # linear warmup, then linear decay to 0 at `steps`
+    weight_decay: float = ranged(0.0, ge=0)
     # 'full'; 'encoder_frozen' (Whisper: decoder and embeddings train; CTC: only the head);
     # 'decoder_only' (Whisper: decoder blocks only, embeddings and output projection frozen);
     # 'decoder_frozen' (Whisper: the encoder alone trains: the model hears the new accents and
@@ -335,8 +345,8 @@ class FinetuneConfig:
         "feature_encoder_frozen",
         "lora",
     ] = "full"
-    lora_rank: int = 16
-    lora_alpha: float = 32.0
+    lora_rank: int = ranged(16, ge=1)
+    lora_alpha: float = ranged(32.0, gt=0)
     lora_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
     # Whisper input layout for training: 'packed' puts several utterances (transcripts
     # concatenated) in each 30 s window, so the model sees what it was trained on at a fraction
@@ -346,16 +356,16 @@ class FinetuneConfig:
     # packed layout: silence between training utterances (None: model.pack_gap_s), and how a
     # batch is packed ('in_order' closes a window when the next utterance does not fit;
     # 'first_fit' places the longest first, each in the first window with room: fuller windows)
-    pack_gap_s: float | None = None
+    pack_gap_s: float | None = ranged(None, ge=0, lt=30)
     packing: Literal["in_order", "first_fit"] = "first_fit"
     # packed layout: this many utterances of each batch are trained alone in a 30 s window of
     # their own, as an assistant hears a request (and as evaluate reads it in the standard
     # layout): a model that only saw full packed windows reads one command followed by 25 s
     # of silence worse (recipes/RESULTS.md). Each costs one more window per step
-    single_windows: int = 0
+    single_windows: int = ranged(0, ge=0)
     # utterances are drawn batch_size at a time; with batch_seconds, instead, until their audio
     # reaches that many seconds (a duration budget per batch, so packed windows come out full)
-    batch_seconds: float | None = None
+    batch_seconds: float | None = ranged(None, gt=0)
     # standard/short layouts: sort each run of 50 batches by duration (less padding)
     group_by_length: bool = True
     # Whisper labels: the manifest's text as it is ('raw': cased and punctuated, as Whisper
@@ -366,41 +376,47 @@ class FinetuneConfig:
     # fp32 ('no') on other CPUs, where bf16 is emulated and several times slower
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     cpu: bool = False  # train on the CPU even when a GPU is present
-    save_every: int = 50  # steps between checkpoints (accelerator.save_state)
+    save_every: int = ranged(50, ge=1)  # steps between checkpoints (accelerator.save_state)
     # dev-set validation: every eval_every optimizer steps (and at the last) the main process
     # decodes eval_sets in the standard 30 s layout; the saved model is the one with the lowest
     # WER on the FIRST set (0: no validation, the last step's model is saved)
-    eval_every: int = 0
+    eval_every: int = ranged(0, ge=0)
     eval_sets: tuple[str, ...] = ("dev_target",)  # prepared sets (prepare/manifests/<name>)
-    eval_limit: int | None = 100  # utterances per dev set, the first by id (None: all)
-    patience: int = 0  # stop after this many evaluations without a new best (0: never stop)
-    seed: int | None = None  # data order, initialisation of anything random; default: recipe seed
-    max_bad_steps: int = 5  # stop after this many NaN/inf losses in a row
+    # utterances per dev set, the first by id (None: all)
+    eval_limit: int | None = ranged(100, ge=1)
+    # stop after this many evaluations without a new best (0: never stop)
+    patience: int = ranged(0, ge=0)
+    # data order, initialisation of anything random; default: recipe seed
+    seed: int | None = ranged(None, ge=0)
+    max_bad_steps: int = ranged(5, ge=1)  # stop after this many NaN/inf losses in a row
     # forgetting control (measured in recipes/RESULTS.md):
-    replay_fraction: float = 0.0  # share of each batch drawn at random from the labelled pool
+    # share of each batch drawn at random from the labelled pool
+    replay_fraction: float = ranged(0.0, ge=0, lt=1)
     # the prepared set replayed (None: the pool, select.pool), e.g. speech outside the
     # target's text domain, so the model keeps hearing words its training grammar lacks
     replay_set: str | None = None
     # share of the training files (a fixed draw from the seed and file name) read through a
     # telephone band, resampled to 8 kHz and back: real speech often arrives so (the asterisk
     # prompts are 8 kHz), and synthetic training audio is all wideband
-    narrowband_fraction: float = 0.0
-    distill_weight: float = 0.0  # weight of KL(frozen pretrained || model) on output tokens
-    l2_weight: float = 0.0  # weight of the squared distance to the pretrained weights (L2-SP)
+    narrowband_fraction: float = ranged(0.0, ge=0, le=1)
+    # weight of KL(frozen pretrained || model) on output tokens
+    distill_weight: float = ranged(0.0, ge=0)
+    # weight of the squared distance to the pretrained weights (L2-SP)
+    l2_weight: float = ranged(0.0, ge=0)
     # the saved model's weights: interpolate * trained + (1 - interpolate) * pretrained
     # (WiSE-FT weight-space ensembling); 1.0 saves the trained weights as they are
-    interpolate: float = 1.0
+    interpolate: float = ranged(1.0, gt=0, le=1)
     # Whisper: the weight of the trained decoder in that mix (its blocks, token embeddings and
     # the tied output projection); None: `interpolate`. The accent and noise are heard in the
     # encoder, while the decoder drifts toward the training text, which is what real speech
     # loses (recipes/RESULTS.md). The mix is applied after training: changing either weight
     # mixes the kept trained weights again, without training again
-    interpolate_decoder: float | None = None
+    interpolate_decoder: float | None = ranged(None, ge=0, le=1)
     # a dev set of real speech watched during training: the saved model is the best on the
     # first eval set among evaluations whose guard WER is within guard_tolerance (absolute)
     # of the pretrained model's (evaluated at step 0); the guard set joins eval_sets
     guard_set: str | None = None
-    guard_tolerance: float = 0.005
+    guard_tolerance: float = ranged(0.005, ge=0)
 
 
 @dataclass(frozen=True)
@@ -416,7 +432,7 @@ class ReportConfig:
     real_set: str | None = "asterisk_test"  # real human speech: forgetting
     reference: str = "rsft"  # system tested against every other one (paired bootstrap)
     # resamples for intervals and paired tests (over speakers, and seeds); p floor 1/(B+1)
-    bootstrap: int = 10000
+    bootstrap: int = ranged(10000, ge=1)
 
 
 @dataclass(frozen=True)
@@ -426,8 +442,8 @@ class ExperimentConfig:
     report. ``--quick`` (make demo) runs only the quick_* part."""
 
     systems: tuple[Selector, ...] = SELECTORS  # each selector's subset, fine-tuned
-    seeds: tuple[int, ...] = (0, 1, 2)  # selection draw and training order
-    sweep_budgets: tuple[int, ...] = (100, 1000)  # besides select.budget
+    seeds: tuple[int, ...] = ranged((0, 1, 2), ge=0)  # selection draw and training order
+    sweep_budgets: tuple[int, ...] = ranged((100, 1000), ge=1)  # besides select.budget
     sweep_systems: tuple[Selector, ...] = ("rsft", "random")
     quick_systems: tuple[Selector, ...] = ("rsft", "random")
     quick_seeds: tuple[int, ...] = (0,)
@@ -449,13 +465,13 @@ class ExperimentConfig:
     # (finetune.pack_gap_s, else model.pack_gap_s). Read with wider gaps than in training, a
     # fine-tuned model ends some windows early and their last commands come out empty
     # (recipes/RESULTS.md)
-    eval_pack_gap_s: float | None = None
+    eval_pack_gap_s: float | None = ranged(None, ge=0, lt=30)
 
 
 @dataclass(frozen=True)
 class Recipe:
     name: str
-    seed: int = 0
+    seed: int = ranged(0, ge=0)
     data_dir: str | None = None  # default: data/<name>
     description: str = ""
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
@@ -554,54 +570,18 @@ def _copy(data: Any) -> Any:
 
 def _check(recipe: Recipe) -> None:
     """Checks that span several keys."""
-    if recipe.report.bootstrap < 1:
-        raise RecipeError("report.bootstrap: must be at least 1")
+    _check_name(recipe.name, "name")
     prep = recipe.prepare
     names = [s.name for s in prep.sets]
-    for name in names:
+    for i, name in enumerate(names):
         if names.count(name) > 1:
             raise RecipeError(f"prepare.sets: set name {name!r} appears more than once")
-        if not name.replace("_", "").replace("-", "").isalnum():
-            raise RecipeError(f"prepare.sets: set name {name!r} must be letters, digits, _ or -")
-    if recipe.model.context_s <= 0 or recipe.model.context_s > 30:
-        raise RecipeError("model.context_s: must be in (0, 30] seconds")
-    if recipe.model.loop_repeats == 1 or recipe.model.loop_repeats < 0:
+        _check_name(name, f"prepare.sets[{i}].name")
+    for name in prep.noise_sources:
+        _check_name(name, f"prepare.noise_sources.{name}")
+    if recipe.model.loop_repeats == 1:
         raise RecipeError("model.loop_repeats: 0 (off) or at least 2 copies")
     ft = recipe.finetune
-    for key in ("steps", "batch_size", "grad_accum", "save_every", "max_bad_steps"):
-        if getattr(ft, key) < 1:
-            raise RecipeError(f"finetune.{key}: must be at least 1")
-    for key in ("eval_every", "patience"):
-        if getattr(ft, key) < 0:
-            raise RecipeError(f"finetune.{key}: must be 0 (off) or more")
-    if ft.eval_limit is not None and ft.eval_limit < 1:
-        raise RecipeError("finetune.eval_limit: must be at least 1, or null for every utterance")
-    if not 0.0 <= ft.replay_fraction < 1.0:
-        raise RecipeError("finetune.replay_fraction: must be in [0, 1)")
-    if not 0.0 <= ft.narrowband_fraction <= 1.0:
-        raise RecipeError("finetune.narrowband_fraction: must be in [0, 1]")
-    for key in ("distill_weight", "l2_weight", "guard_tolerance"):
-        if getattr(ft, key) < 0:
-            raise RecipeError(f"finetune.{key}: must be 0 or more")
-    if not 0.0 < ft.interpolate <= 1.0:
-        raise RecipeError("finetune.interpolate: must be in (0, 1] (1: the trained weights)")
-    if ft.interpolate_decoder is not None and not 0.0 <= ft.interpolate_decoder <= 1.0:
-        raise RecipeError(
-            "finetune.interpolate_decoder: must be in [0, 1] (0: the pretrained decoder), or null"
-        )
-    if ft.batch_seconds is not None and ft.batch_seconds <= 0:
-        raise RecipeError("finetune.batch_seconds: must be positive, or null to count utterances")
-    for key, value in (
-        ("model.pack_gap_s", recipe.model.pack_gap_s),
-        ("finetune.pack_gap_s", ft.pack_gap_s),
-        ("experiment.eval_pack_gap_s", recipe.experiment.eval_pack_gap_s),
-    ):
-        if value is not None and not 0.0 <= value < 30.0:
-            raise RecipeError(f"{key}: must be in [0, 30) seconds")
-    if ft.single_windows < 0:
-        raise RecipeError("finetune.single_windows: must be 0 or more")
-    if ft.lora_rank < 1:
-        raise RecipeError("finetune.lora_rank: must be at least 1")
     if ft.guard_set is not None and not ft.eval_every:
         raise RecipeError("finetune.guard_set: needs finetune.eval_every > 0 (it is watched then)")
     second = recipe.experiment.second_layout
@@ -636,6 +616,14 @@ def _check(recipe: Recipe) -> None:
                 raise RecipeError(f"prepare.sets[{i}].{key}.region: {noise.region!r} not defined")
             if noise.types and not noise.snr_db:
                 raise RecipeError(f"prepare.sets[{i}].{key}.snr_db: needed when types are given")
+
+
+def _check_name(name: str, where: str) -> None:
+    """Names that become paths under the data root, checked as the recipe loads."""
+    try:
+        check_name(name, where)
+    except UserError as err:
+        raise RecipeError(str(err)) from None
 
 
 def with_prepare(recipe: Recipe, **changes: Any) -> Recipe:

@@ -40,6 +40,25 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def read_parquet(path: str | Path, columns: list[str] | None = None):
+    """A Parquet table, or a UserError naming the file when it is damaged (pyarrow raises
+    several types for that) or lacks a column."""
+    import pandas as pd  # fsio is imported by light modules; pandas only when read
+
+    from pipeline.errors import UserError
+
+    try:
+        return pd.read_parquet(path, columns=columns)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # noqa: BLE001 - ArrowInvalid, OSError, KeyError, ...
+        first = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        raise UserError(
+            f"{path}: not a readable Parquet table ({first}); delete it and rerun the stage "
+            "that wrote it"
+        ) from None
+
+
 def fingerprint(*parts: Any) -> str:
     """Stable short hash of JSON-serialisable parts."""
     blob = json.dumps(parts, sort_keys=True, default=str).encode()

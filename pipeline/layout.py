@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
+from pipeline.errors import UserError
 from pipeline.fsio import read_json, write_json
 
 Selector = Literal[
@@ -45,6 +46,22 @@ Selector = Literal[
 SELECTORS: tuple[str, ...] = get_args(Selector)
 PRETRAINED = "pretrained"  # the system that is not fine-tuned
 STAMP = "done.json"
+
+# a name that becomes one file or folder under the data root: no '/', no leading '.' (so
+# never '..' nor a hidden file), nothing a shell or a TSV would split
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}")
+
+
+def check_name(name: str, what: str) -> str:
+    """``name`` when it is safe as one path component under the data root; else a UserError
+    naming ``what`` (a recipe name, run, set or subset): the one check every name that
+    becomes a path goes through (``DataTree``)."""
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name):
+        raise UserError(
+            f"{what} {name!r}: use letters, digits, '_', '-', '.', '@' or '+' (at most 128, "
+            "starting with a letter or digit; no '/')"
+        )
+    return name
 
 
 @dataclass(frozen=True)
@@ -63,20 +80,20 @@ class DataTree:
         return self.prepare / "manifests"
 
     def manifest(self, name: str) -> Path:
-        return self.manifests / f"{name}.parquet"
+        return self.manifests / f"{check_name(name, 'set')}.parquet"
 
     def audio(self, name: str) -> Path:
-        return self.prepare / "audio" / name
+        return self.prepare / "audio" / check_name(name, "set")
 
     def sources(self, name: str) -> Path:
-        return self.root / "sources" / name
+        return self.root / "sources" / check_name(name, "set")
 
     def noise_sources(self, name: str) -> Path:
-        return self.root / "noise_sources" / name
+        return self.root / "noise_sources" / check_name(name, "noise source")
 
     # score
     def score(self, name: str) -> Path:
-        return self.root / "score" / name
+        return self.root / "score" / check_name(name, "set")
 
     # select
     @property
@@ -85,15 +102,17 @@ class DataTree:
 
     def selection(self, variant: str | None = None) -> Path:
         """The folder select writes: the recipe's own draw, or a variant's (``variant``)."""
-        return self.select / "variants" / variant if variant else self.select
+        return self.select / "variants" / check_name(variant, "variant") if variant else self.select
 
     def subset(self, name: str) -> Path:
         """A subset by its name under select/: ``<selector>`` or ``variants/.../<selector>``."""
+        for part in name.split("/"):
+            check_name(part, f"subset {name!r}: part")
         return self.select / name / "subset.parquet"
 
     # finetune, evaluate, report
     def finetune(self, run: str) -> Path:
-        return self.root / "finetune" / run
+        return self.root / "finetune" / check_name(run, "run")
 
     def model(self, run: str) -> Path:
         return self.finetune(run) / "model"
@@ -103,7 +122,7 @@ class DataTree:
         return self.root / "evaluate"
 
     def evaluate(self, run: str) -> Path:
-        return self.evaluations / run
+        return self.evaluations / check_name(run, "run")
 
     @property
     def report(self) -> Path:
@@ -156,6 +175,20 @@ def parse_run_name(name: str, seed: int, budget: int) -> RunName | None:
         int(match["budget"]) if match["budget"] is not None else budget,
         sweep=match["budget"] is not None,
     )
+
+
+_VARIANT_SUBSET = re.compile(r"^variants/k(?P<budget>\d+)-s(?P<seed>\d+)/(?P<selector>[^/]+)$")
+
+
+def subset_run(subset: str, base_seed: int, base_budget: int) -> str:
+    """The run a subset trains when no run name is given: ``run_name`` of a variant's selector
+    at its seed and budget (``variants/k1000-s1/rsft`` trains ``rsft-k1000-s1``), else the
+    subset's own name."""
+    match = _VARIANT_SUBSET.match(subset)
+    if match is None:
+        return subset
+    seed, budget = int(match["seed"]), int(match["budget"])
+    return run_name(match["selector"], seed, budget, base_seed, base_budget)
 
 
 def variant(seed: int, budget: int, base_seed: int, base_budget: int) -> str | None:

@@ -1,12 +1,15 @@
 """What the machine offers: peak resident memory, recorded by each stage in what it writes
-(``make bench`` reads it), and whether it computes bf16 natively."""
+(``make bench`` reads it), whether it computes bf16 natively, and worker processes that do
+not outlive their stage."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
 import re
 import resource
+import signal
 import sys
 from pathlib import Path
 
@@ -14,6 +17,22 @@ import torch
 
 # ru_maxrss is in KiB on Linux and in bytes on macOS
 _MAXRSS_PER_MIB = 2**20 if sys.platform == "darwin" else 2**10
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(parent: int) -> None:
+    """Worker initialiser: the kernel kills this process as soon as its parent (pid
+    ``parent``) dies, so a stage killed with SIGKILL leaves no worker writing files or blocked
+    on its queue behind it. Linux only; elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        return  # not fatal: the worker then only lacks the guarantee
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
 
 
 def peak_rss() -> dict[str, float]:

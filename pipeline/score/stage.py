@@ -93,6 +93,9 @@ def run(recipe: Recipe) -> None:
             log.info("set %s: up to date", name)
             continue
         labelled = split_of.get(name) not in UNLABELLED_SPLITS
+        if state.is_main_process:
+            remove_stale_shards(out / "shards", len(frames[name]), cfg.shard_size)
+        state.wait_for_everyone()
         score_set(
             analyser,
             decoder,
@@ -118,6 +121,18 @@ def wants_losses(recipe: Recipe) -> bool:
     if recipe.score.losses is not None:
         return recipe.score.losses
     return "difficulty" in recipe.select.estimators
+
+
+def remove_stale_shards(folder: Path, rows: int, shard_size: int) -> None:
+    """Delete the shards that this scoring will not write (an earlier run's, of a longer
+    manifest or another shard size) and temp files of a killed write; shards it will write
+    again are checked by key there."""
+    keep = {f"{k:05d}.npz" for k in range(-(-rows // shard_size))}
+    stale = [p for p in folder.glob("*") if p.is_file() and p.name not in keep]
+    for path in stale:
+        path.unlink()
+    if stale:
+        log.info("%s: removed %d stale shard file(s) of an earlier run", folder, len(stale))
 
 
 def score_set(

@@ -25,7 +25,7 @@ import pandas as pd
 from pipeline import layout, manifest, resources
 from pipeline.config import Recipe, SelectConfig
 from pipeline.errors import UserError
-from pipeline.fsio import atomic_path, stable_seed, write_json, write_text
+from pipeline.fsio import atomic_path, read_parquet, stable_seed, write_json, write_text
 from pipeline.select import fixed_budget, plots, ratios, sampling
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def load_scored(recipe: Recipe, name: str) -> tuple[pd.DataFrame, np.ndarray, pd
         raise UserError(f"set {name!r}: not scored yet (run: rsft score first)")
     frame = manifest.read(path)
     emb = np.load(out / "embeddings.npy").astype(np.float32)
-    scores = pd.read_parquet(out / "scores.parquet")
+    scores = read_parquet(out / "scores.parquet")
     if scores["id"].tolist() != frame["id"].tolist():
         raise UserError(f"set {name!r}: scores do not match the manifest (rerun: rsft score)")
     order = np.argsort(frame["id"].to_numpy(dtype=str), kind="stable")

@@ -21,6 +21,7 @@ import urllib.parse
 import urllib.request
 import zipfile
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
@@ -31,6 +32,20 @@ from pipeline.fsio import file_sha256, write_text
 CHUNK_BYTES = 1 << 20  # 1 MiB per read while downloading
 TIMEOUT_S = 60.0  # per socket operation, not for the whole download
 MAX_LINK_HOPS = 40  # symlinks followed while checking one archive path (as the kernel does)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one archive may expand to, checked from its headers before anything is written.
+
+    The defaults admit every LibriSpeech part (train-other-500: about 155,000 members, 32 GB
+    from 30 GB) and MUSAN (about 2,000 members, 12 GB from 11 GB) and refuse a compression
+    bomb (a 515 KB member declaring 512 MB expands 1,000 times).
+    """
+
+    members: int = 1_000_000
+    gigabytes: float = 200.0  # the members' declared sizes, summed
+    expansion: float = 50.0  # declared size over the archive's size on disk
 
 
 # --- download ---------------------------------------------------------------------------------
@@ -129,18 +144,19 @@ def _stamp(dest: Path) -> Path:
     return dest.with_name(dest.name + ".done")
 
 
-def extract(archive: Path, dest: Path, checksum: str) -> Path:
+def extract(archive: Path, dest: Path, checksum: str, limits: Limits = Limits()) -> Path:
     """Extract a tar (plain, gz, bz2, xz) or zip archive to ``dest`` after checking every member.
 
     Raises UserError, writing nothing, if any member is absolute, escapes ``dest`` (via ``..``
     or through a link), is named through ``..`` at all, has a backslash in a tar path or link
     target, is not a folder but names ``dest`` itself, is a link pointing outside or
     replacing another member, or is a device or fifo. Tar members are written with plain
-    permissions (no setuid, setgid or sticky bits, no group or other write) and owned by the
-    user extracting, whatever the archive says. The written tree is checked again (every path
-    and link target inside the temporary folder, no special files) before the folder is
-    renamed to ``dest``; then ``dest.done`` records ``checksum``, and a later call with the
-    same checksum does nothing.
+    permissions (no group or other write) and owned by the user extracting, whatever the
+    archive says; a member with a setuid or setgid bit is refused. Before anything is written,
+    the members' count and declared sizes are held to ``limits`` and to the free disk space.
+    The written tree is checked again (every path and link target inside the temporary
+    folder, no special files) before the folder is renamed to ``dest``; then ``dest.done``
+    records ``checksum``, and a later call with the same checksum does nothing.
     """
     if is_extracted(dest, checksum):
         return dest
@@ -148,12 +164,16 @@ def extract(archive: Path, dest: Path, checksum: str) -> Path:
         with _open_archive(archive) as handle:
             # exactly the members checked here are extracted, and nothing else
             if isinstance(handle, tarfile.TarFile):
-                members = _plain_metadata(_check_tar(handle, archive.name))
+                checked = _check_tar(handle, archive.name)
+                sizes = [m.size for m in checked if m.isfile()]
+                members = _plain_metadata(checked)
                 # the data filter is a second guard, where this Python has it
                 options = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
             else:
                 members = _check_zip(handle, archive.name)
+                sizes = [m.file_size for m in members if not m.is_dir()]
                 options = {}
+            _check_size(archive, dest, len(members), sum(sizes), limits)
             tmp = _fresh_tmp(dest)
             try:
                 handle.extractall(tmp, members=members, **options)
@@ -170,6 +190,34 @@ def extract(archive: Path, dest: Path, checksum: str) -> Path:
     os.replace(tmp, dest)
     write_text(_stamp(dest), checksum + "\n")
     return dest
+
+
+def _check_size(archive: Path, dest: Path, count: int, size: int, limits: Limits) -> None:
+    """Refuse, before writing, an archive over ``limits`` or larger than the free space."""
+    gb = size / 1e9
+    if count > limits.members:
+        raise UserError(
+            f"cannot extract {archive}: {count:,} members, over the limit of {limits.members:,}"
+            " (source.max_members)"
+        )
+    if gb > limits.gigabytes:
+        raise UserError(
+            f"cannot extract {archive}: it expands to {gb:.1f} GB, over the limit of "
+            f"{limits.gigabytes:g} GB (source.max_extracted_gb)"
+        )
+    ratio = size / max(archive.stat().st_size, 1)
+    if ratio > limits.expansion:
+        raise UserError(
+            f"cannot extract {archive}: it expands {ratio:.0f} times its size, over the limit "
+            f"of {limits.expansion:g} (source.max_expansion; a compression bomb?)"
+        )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(dest.parent).free
+    if size > free:
+        raise UserError(
+            f"cannot extract {archive}: it needs {gb:.1f} GB, {dest.parent} has "
+            f"{free / 1e9:.1f} GB free; free space or set data_dir to a larger disk"
+        )
 
 
 def _open_archive(archive: Path) -> tarfile.TarFile | zipfile.ZipFile:
@@ -238,6 +286,8 @@ def _check_tar(tar: tarfile.TarFile, archive_name: str) -> list[tarfile.TarInfo]
             _refuse(archive_name, member.name, "is a device or fifo")
         if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
             _refuse(archive_name, member.name, "has an unsupported type")
+        if member.mode & (stat.S_ISUID | stat.S_ISGID):
+            _refuse(archive_name, member.name, "has a setuid or setgid bit")
         # resolving a symlink's own path follows it, so this also checks where it points
         _check_member(member.name, links, archive_name)
         _check_no_dotdot(member.name, archive_name)
@@ -255,7 +305,7 @@ def _check_tar(tar: tarfile.TarFile, archive_name: str) -> list[tarfile.TarInfo]
 
 def _plain_metadata(members: list[tarfile.TarInfo]) -> list[tarfile.TarInfo]:
     """Copies of the checked members with plain permissions, owned by whoever extracts: as
-    root, tarfile would otherwise give files the archive's owners and setuid bits."""
+    root, tarfile would otherwise give files the archive's owners and sticky bits."""
     plain = []
     for member in members:
         member = copy.copy(member)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pipeline.config import OpenSLRSource
 from pipeline.errors import UserError
-from pipeline.prepare.corpora.archives import download, extract, is_extracted
+from pipeline.prepare.corpora.archives import Limits, download, extract, is_extracted
 from pipeline.prepare.corpora.base import (
     Candidate,
     Reject,
@@ -65,7 +65,8 @@ def candidates(cfg: OpenSLRSource, ctx: SourceContext) -> Iterator[Candidate | R
     dest = ctx.work_dir / "extracted"
     if not is_extracted(dest, checksum):  # a finished extraction needs no archive at all
         archive = download(cfg.url, ctx.work_dir / "downloads", checksum)
-        extract(archive, dest, checksum)
+        limits = Limits(cfg.max_members, cfg.max_extracted_gb, cfg.max_expansion)
+        extract(archive, dest, checksum, limits)
     parse = _librispeech if cfg.format == "librispeech" else _musan
     entries = parse(dest, cfg)
     entries.sort(key=lambda entry: entry.id)
