@@ -159,7 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
                 "--resume", action="store_true", help="continue from the last checkpoint"
             )
             stage.add_argument(
-                "--name", help="run name: output in finetune/NAME (default: the subset's name)"
+                "--name",
+                help="run name: output in finetune/NAME (default: the subset's selector, with "
+                "-k<budget>-s<seed> for a variant's)",
             )
         if name in ("experiment", "run"):
             stage.add_argument(
@@ -169,7 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
             )
         if name == "evaluate":
             stage.add_argument("--model", help="model to evaluate (default: the recipe's model)")
-            stage.add_argument("--name", help="run name (default: 'pretrained' or the folder name)")
+            stage.add_argument(
+                "--name",
+                help="run name (default: 'pretrained', a fine-tuned model's run, or the "
+                "model folder's name)",
+            )
     compare = sub.add_parser(
         "compare",
         help="paired bootstrap of WER between two evaluate runs",

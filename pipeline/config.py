@@ -7,6 +7,7 @@ archive) and may get noisy copies at chosen SNRs.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +19,7 @@ from pipeline.errors import RecipeError, UserError
 from pipeline.layout import SELECTORS, DataTree, Selector, check_name
 from pipeline.typed import ranged
 
+SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")  # a set's manifest and folders
 Split = Literal["pool", "target", "dev", "test"]
 NoiseRegion = Literal["train", "dev", "test"]
 
@@ -67,7 +69,7 @@ class SynthSource:
 class AsteriskSource:
     kind: Literal["asterisk"]
     part: Literal["guard", "test", "all"] = "test"
-    guard_fraction: float = ranged(0.5, gt=0, lt=1)  # share of prompts in the guard (dev) part
+    guard_fraction: float = ranged(0.5, ge=0, le=1)  # share of prompts in the guard (dev) part
     sounds_dir: str = "/usr/share/asterisk/sounds/en_US_f_Allison"
     transcripts: str = "/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz"
     limit: int | None = ranged(None, ge=1)
@@ -446,7 +448,7 @@ class ExperimentConfig:
     sweep_budgets: tuple[int, ...] = ranged((100, 1000), ge=1)  # besides select.budget
     sweep_systems: tuple[Selector, ...] = ("rsft", "random")
     quick_systems: tuple[Selector, ...] = ("rsft", "random")
-    quick_seeds: tuple[int, ...] = (0,)
+    quick_seeds: tuple[int, ...] = ranged((0,), ge=0)
     # --quick: the systems other than rsft (the baselines) are read on these test sets only;
     # () reads them on every test set. A later run without --quick reads the others
     quick_baseline_sets: tuple[str, ...] = ()
@@ -576,7 +578,11 @@ def _check(recipe: Recipe) -> None:
     for i, name in enumerate(names):
         if names.count(name) > 1:
             raise RecipeError(f"prepare.sets: set name {name!r} appears more than once")
-        _check_name(name, f"prepare.sets[{i}].name")
+        if not SET_NAME.fullmatch(name):  # a '.' would split a --set path
+            raise RecipeError(
+                f"prepare.sets[{i}].name {name!r}: use letters, digits, '_' or '-', starting "
+                "with a letter or digit"
+            )
     for name in prep.noise_sources:
         _check_name(name, f"prepare.noise_sources.{name}")
     if recipe.model.loop_repeats == 1:
@@ -594,6 +600,14 @@ def _check(recipe: Recipe) -> None:
         for name in getattr(recipe.experiment, key):
             if name not in names:
                 raise RecipeError(f"experiment.{key}: {name!r} is not a prepared set")
+    for i, s in enumerate(prep.sets):
+        blocks = [s.noise] + [p.noise for p in getattr(s.source, "parts", ())]
+        for noise in blocks:
+            if noise is not None and noise.babble_talkers[0] > noise.babble_talkers[1]:
+                raise RecipeError(
+                    f"prepare.sets[{i}]: noise.babble_talkers {list(noise.babble_talkers)}: "
+                    "need [fewest, most]"
+                )
     for region, (lo, hi) in prep.noise_regions.items():
         if not 0.0 <= lo < hi <= 1.0:
             raise RecipeError(f"prepare.noise_regions.{region}: need 0 <= start < end <= 1")

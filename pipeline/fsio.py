@@ -41,22 +41,29 @@ def read_json(path: str | Path) -> Any:
 
 
 def read_parquet(path: str | Path, columns: list[str] | None = None):
-    """A Parquet table, or a UserError naming the file when it is damaged (pyarrow raises
-    several types for that) or lacks a column."""
+    """A Parquet table, or a UserError naming the file when it is damaged or lacks one of
+    ``columns`` (written by an older version). OS errors (a missing file, no permission)
+    pass through as they are."""
     import pandas as pd  # fsio is imported by light modules; pandas only when read
+    import pyarrow as pa
 
     from pipeline.errors import UserError
 
     try:
-        return pd.read_parquet(path, columns=columns)
-    except FileNotFoundError:
-        raise
-    except Exception as err:  # noqa: BLE001 - ArrowInvalid, OSError, KeyError, ...
+        frame = pd.read_parquet(path)
+    except (pa.ArrowException, ValueError) as err:  # ArrowInvalid: not Parquet, cut short
         first = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
         raise UserError(
             f"{path}: not a readable Parquet table ({first}); delete it and rerun the stage "
             "that wrote it"
         ) from None
+    missing = [c for c in columns or () if c not in frame.columns]
+    if missing:
+        raise UserError(
+            f"{path}: no column {', '.join(missing)} (written by an older version?); rerun "
+            "the stage that wrote it"
+        )
+    return frame[list(columns)] if columns else frame
 
 
 def fingerprint(*parts: Any) -> str:

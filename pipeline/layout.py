@@ -191,6 +191,17 @@ def subset_run(subset: str, base_seed: int, base_budget: int) -> str:
     return run_name(match["selector"], seed, budget, base_seed, base_budget)
 
 
+def model_run(model: str) -> str:
+    """The run a model is read as when no run name is given: a fine-tuned model's run
+    (``finetune/<run>/model`` reads as ``<run>``), else the folder's or hub id's last part,
+    with every character a run name cannot hold as '-' (``bundled:whisper-tiny.en`` reads
+    as ``bundled-whisper-tiny.en``)."""
+    path = Path(model.rstrip("/"))
+    name = path.parent.name if path.name == "model" and path.parent.name else path.name
+    name = re.sub(r"[^A-Za-z0-9_.@+-]", "-", name).lstrip(".-_@+")
+    return name or "model"
+
+
 def variant(seed: int, budget: int, base_seed: int, base_budget: int) -> str | None:
     """The folder under select/variants/ of a draw at another seed or budget than the
     recipe's (``base_*``); None for the recipe's own draw."""

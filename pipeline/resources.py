@@ -22,16 +22,17 @@ _MAXRSS_PER_MIB = 2**20 if sys.platform == "darwin" else 2**10
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def die_with_parent(parent: int) -> None:
-    """Worker initialiser: the kernel kills this process as soon as its parent (pid
-    ``parent``) dies, so a stage killed with SIGKILL leaves no worker writing files or blocked
-    on its queue behind it. Linux only; elsewhere a no-op."""
+def die_with_parent(parent: int | None) -> None:
+    """Worker initialiser: the kernel kills this process as soon as its parent dies, so a
+    stage killed with SIGKILL leaves no worker writing files or blocked on its queue behind
+    it. ``parent``: the pid the worker's parent must have (None where the parent is a fork
+    server, not the stage). Linux only; elsewhere a no-op."""
     if not sys.platform.startswith("linux"):
         return
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
         return  # not fatal: the worker then only lacks the guarantee
-    if os.getppid() != parent:  # the parent died before the request took effect
+    if parent is not None and os.getppid() != parent:  # it died before the request held
         os._exit(1)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -116,6 +117,9 @@ def test_a_name_never_becomes_a_path_outside_the_root(
         ("prepare.min_duration_s=-1", "prepare.min_duration_s: must be at least 0, got -1"),
         ("select.budget=-5", "select.budget: must be at least 1, got -5"),
         ("select.selectors=[rsft,bogus]", "select.selectors[1]: 'bogus' is not one of"),
+        ("experiment.quick_seeds=[-1]", "experiment.quick_seeds[0]: must be at least 0"),
+        ("prepare.sets.pool.noise.babble_talkers=[6,3]", "babble_talkers [6, 3]: need [fewest"),
+        ("prepare.sets.pool.name=p.x", "prepare.sets[0].name 'p.x': use letters, digits, '_'"),
         ("report.bootstrap=0", "report.bootstrap: must be at least 1, got 0"),
         ("evaluate.bootstrap=-3", "evaluate.bootstrap: must be at least 1, got -3"),
         ("finetune.lr=0", "finetune.lr: must be above 0, got 0.0"),
@@ -240,13 +244,16 @@ def test_ids_holding_a_tab_or_newline_are_refused_and_the_rejects_stay_a_table(
     (corpus / "transcripts.tsv").unlink()
     (corpus / "list.csv").write_text(
         'id,path,text\n"a\tb",c0.wav,open the door\n"c\nd",c1.wav,turn on the lights\n'
-        "ok,c2.wav,stop the music\n"
+        "e\u2028f,c2.wav,stop the music\ng\x0bh,c2.wav,stop the music\n"
+        "mi\u200cravam,c2.wav,stop the music\n"  # a zero-width non-joiner spells Persian
     )
     prepare.run(load_recipe(recipe_path))
     frame = manifest.read(tmp_path / "data" / "prepare" / "manifests" / "mine.parquet")
-    assert frame["id"].tolist() == ["ok"]
+    assert frame["id"].tolist() == ["mi\u200cravam"]
+    lines = (tmp_path / "data" / "prepare" / "rejects" / "mine.tsv").read_text().splitlines()
+    assert len(lines) == 5 and all(line.count("\t") == 2 for line in lines)
     rejects = pd.read_csv(tmp_path / "data" / "prepare" / "rejects" / "mine.tsv", sep="\t")
-    assert rejects["id"].tolist() == ["a\\tb", "c\\nd"]  # escaped: one line each
+    assert rejects["id"].tolist() == ["a\\tb", "c\\nd", "e\\u2028f", "g\\x0bh"]  # escaped
     assert set(rejects["reason"]) == {"id holds a control character"}
 
 
@@ -331,6 +338,56 @@ def test_a_hand_edited_manifest_is_rebuilt_not_trusted(local_recipe, tmp_path, c
         prepare.run(recipe)
     assert f"set mine: {out} changed since prepare wrote it: rebuilding it" in caplog.text
     pd.testing.assert_frame_equal(manifest.read(out), original)
+
+
+def test_a_stamp_from_before_the_manifest_hash_is_trusted_once_and_filled_in(
+    local_recipe, tmp_path
+):
+    recipe_path, _ = local_recipe
+    recipe = load_recipe(recipe_path)
+    prepare.run(recipe)
+    out = tmp_path / "data" / "prepare" / "manifests" / "mine.parquet"
+    stamp = out.with_suffix(".done.json")
+    record = json.loads(stamp.read_text())
+    digest = record.pop("manifest_sha256")
+    stamp.write_text(json.dumps(record))
+    written = out.stat().st_mtime_ns
+    prepare.run(recipe)
+    assert out.stat().st_mtime_ns == written  # not rebuilt
+    assert json.loads(stamp.read_text())["manifest_sha256"] == digest
+
+
+def test_archive_limits_leave_the_sets_key_alone():
+    recipe = load_recipe(Path(DEMO).with_name("librispeech_noise.yaml"))
+    looser = load_recipe(
+        Path(DEMO).with_name("librispeech_noise.yaml"),
+        ["prepare.noise_sources.musan.max_expansion=60", "prepare.sets.0.source.max_members=9"],
+    )
+    for a, b in zip(recipe.prepare.sets, looser.prepare.sets, strict=True):
+        assert prepare.set_fingerprint(recipe, a) == prepare.set_fingerprint(looser, b)
+    other = load_recipe(Path(DEMO).with_name("librispeech_noise.yaml"), ["seed=5"])
+    assert prepare.set_fingerprint(other, other.prepare.sets[0]) != prepare.set_fingerprint(
+        recipe, recipe.prepare.sets[0]
+    )
+
+
+def test_workers_under_a_fork_server_run(monkeypatch):
+    # a fork server's workers are its children, not the stage's: they must not take that
+    # for their parent's death
+    real = multiprocessing.get_context
+    monkeypatch.setattr(prepare.multiprocessing, "get_context", lambda: real("forkserver"))
+    assert list(prepare._map(abs, list(range(-40, 0)), 2, "test")) == list(range(40, 0, -1))
+
+
+def test_a_model_read_without_a_name_gets_a_safe_run_name():
+    from pipeline.layout import model_run
+
+    assert model_run("bundled:whisper-tiny.en") == "bundled-whisper-tiny.en"
+    assert model_run("data/demo/finetune/rsft-s1/model") == "rsft-s1"
+    assert model_run("data/demo/finetune/rsft-s1/model/") == "rsft-s1"
+    assert model_run("openai/whisper-small") == "whisper-small"
+    assert model_run("/x/My Model") == "My-Model"
+    assert model_run("./") == "model"
 
 
 def test_stale_score_shards_are_removed_and_said(write_recipe, tiny_whisper_dir, caplog):

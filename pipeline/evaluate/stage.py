@@ -27,7 +27,7 @@ from pipeline import __version__, audio, manifest, metrics, resources, text
 from pipeline.config import ModelConfig, Recipe
 from pipeline.errors import UserError
 from pipeline.fsio import atomic_path, file_sha256, fingerprint, read_json, write_json, write_text
-from pipeline.layout import PRETRAINED, is_done
+from pipeline.layout import PRETRAINED, is_done, model_run
 from pipeline.models import loader
 from pipeline.models.base import SpeechModel, length_batches
 from pipeline.typed import to_dict
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 def run(recipe: Recipe, model_name: str | None = None, run_name: str | None = None) -> pd.DataFrame:
     """Evaluate a model (default: the recipe's pretrained model) on the recipe's test sets."""
     cfg = recipe.model if model_name is None else replace(recipe.model, name=model_name)
-    run_name = run_name or (PRETRAINED if model_name is None else Path(model_name).name)
+    run_name = run_name or (PRETRAINED if model_name is None else model_run(model_name))
     out = recipe.tree.evaluate(run_name)
     sets = list(recipe.evaluate.sets) or [s.name for s in recipe.prepare.sets if s.split == "test"]
     paths = {s: recipe.tree.manifest(s) for s in sets}

@@ -18,8 +18,10 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import multiprocessing
 import os
 import time
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -88,11 +90,24 @@ def set_fingerprint(recipe: Recipe, set_cfg: SetConfig, items: list | None = Non
     prep = to_dict(recipe.prepare)
     prep.pop("sets")
     prep.pop("workers")  # the number of processes does not change the result
+    # nor do the archive limits (they refuse an archive or let it through unchanged)
+    source = _without_limits(to_dict(set_cfg))
+    prep["noise_sources"] = {k: _without_limits(v) for k, v in prep["noise_sources"].items()}
     inputs = [
         (i.id, i.reason) if isinstance(i, Reject) else (i.id, i.text, i.speaker, i.accent, i.spec)
         for i in items or []
     ]
-    return fingerprint(recipe.seed, prep, to_dict(set_cfg), inputs, __version__)
+    return fingerprint(recipe.seed, prep, source, inputs, __version__)
+
+
+ARCHIVE_LIMITS = ("max_members", "max_extracted_gb", "max_expansion")
+
+
+def _without_limits(cfg: dict) -> dict:
+    """A set's (or noise source's) config without the archive limits, at any depth."""
+    if "source" in cfg:
+        return {**cfg, "source": _without_limits(cfg["source"])}
+    return {k: v for k, v in cfg.items() if k not in ARCHIVE_LIMITS}
 
 
 def prepare_set(recipe: Recipe, set_cfg: SetConfig) -> tuple[pd.DataFrame, dict[str, int]]:
@@ -112,9 +127,12 @@ def prepare_set(recipe: Recipe, set_cfg: SetConfig) -> tuple[pd.DataFrame, dict[
     items = list(source(set_cfg.source, ctx)) if set_cfg.source.kind in FILE_SOURCES else None
     fp = set_fingerprint(recipe, set_cfg, items)
     if out.exists() and layout.is_done(stamp_path, fp):
-        if read_json(stamp_path).get("manifest_sha256") == file_sha256(out):
+        stamp, digest = read_json(stamp_path), file_sha256(out)
+        if stamp.get("manifest_sha256", digest) == digest:
+            if "manifest_sha256" not in stamp:  # a stamp from before the hash was kept
+                write_json(stamp_path, {**stamp, "manifest_sha256": digest})
             log.info("set %s: up to date (%s)", set_cfg.name, out)
-            return manifest.read(out), read_json(stamp_path)["rejects"]
+            return manifest.read(out), stamp["rejects"]
         log.warning("set %s: %s changed since prepare wrote it: rebuilding it", set_cfg.name, out)
     if out.exists() or stamp_path.exists():
         # the old manifest goes first: a run killed while rebuilding leaves no manifest for
@@ -226,7 +244,7 @@ def _unique(items: Iterable[Candidate | Reject]) -> tuple[list[Candidate], list[
     for item in items:
         if isinstance(item, Reject):
             rejects.append(item)
-        elif not item.id.isprintable():
+        elif any(unicodedata.category(c) in LINE_BREAKING for c in item.id):
             # a tab or newline in an id would split the manifest's consumers' tables
             rejects.append(Reject(item.id, "id holds a control character", item.source))
         elif item.id in seen:
@@ -258,8 +276,15 @@ def _map(fn: Callable, jobs: list, workers: int, desc: str) -> Iterator:
     if workers <= 1 or len(jobs) < 32:
         yield from tqdm(map(fn, jobs), **bar)
         return
+    context = multiprocessing.get_context()
+    # a forkserver's workers are the server's children, not this process's: the kernel's
+    # parent-death signal then reaches them through the server, which exits with this process
+    parent = os.getpid() if context.get_start_method() in ("fork", "spawn") else None
     with ProcessPoolExecutor(
-        max_workers=workers, initializer=resources.die_with_parent, initargs=(os.getpid(),)
+        max_workers=workers,
+        mp_context=context,
+        initializer=resources.die_with_parent,
+        initargs=(parent,),
     ) as pool:
         yield from tqdm(pool.map(fn, jobs, chunksize=16), **bar)
 
@@ -272,13 +297,26 @@ def _write_rejects(path: Path, rejects: list[Reject]) -> None:
     write_text(path, "\n".join(lines) + "\n")
 
 
-_TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+# Unicode categories that split a line or a field: controls (tab, newline, ...) and the line
+# and paragraph separators. Letters, marks and format characters (a zero-width non-joiner in
+# a Persian stem) are an id's own business
+LINE_BREAKING = ("Cc", "Zl", "Zp")
+_TSV_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
 
 def tsv_field(value: str) -> str:
-    """``value`` with backslash, tab, newline and carriage return escaped (``\\t`` ...), so
-    that one reject stays one line of three fields whatever its id holds."""
-    return str(value).translate(_TSV_ESCAPES)
+    """``value`` with backslash, tab, newline and carriage return escaped (``\\t`` ...), and
+    any other control or line-separator character as ``\\xNN``/``\\uNNNN``: one reject stays
+    one line of three fields whatever its id holds."""
+    out = []
+    for c in str(value):
+        if c in _TSV_ESCAPES:
+            out.append(_TSV_ESCAPES[c])
+        elif unicodedata.category(c) in LINE_BREAKING:
+            out.append(f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+        else:
+            out.append(c)
+    return "".join(out)
 
 
 def _reason_kind(reason: str) -> str:

@@ -152,7 +152,7 @@ def extract(archive: Path, dest: Path, checksum: str, limits: Limits = Limits())
     target, is not a folder but names ``dest`` itself, is a link pointing outside or
     replacing another member, or is a device or fifo. Tar members are written with plain
     permissions (no group or other write) and owned by the user extracting, whatever the
-    archive says; a member with a setuid or setgid bit is refused. Before anything is written,
+    archive says; a file with a setuid or setgid bit is refused. Before anything is written,
     the members' count and declared sizes are held to ``limits`` and to the free disk space.
     The written tree is checked again (every path and link target inside the temporary
     folder, no special files) before the folder is renamed to ``dest``; then ``dest.done``
@@ -211,11 +211,11 @@ def _check_size(archive: Path, dest: Path, count: int, size: int, limits: Limits
             f"cannot extract {archive}: it expands {ratio:.0f} times its size, over the limit "
             f"of {limits.expansion:g} (source.max_expansion; a compression bomb?)"
         )
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(dest.parent).free
+    existing = next(p for p in (dest.parent, *dest.parent.parents) if p.exists())
+    free = shutil.disk_usage(existing).free
     if size > free:
         raise UserError(
-            f"cannot extract {archive}: it needs {gb:.1f} GB, {dest.parent} has "
+            f"cannot extract {archive}: it needs {gb:.1f} GB, {existing} has "
             f"{free / 1e9:.1f} GB free; free space or set data_dir to a larger disk"
         )
 
@@ -286,8 +286,10 @@ def _check_tar(tar: tarfile.TarFile, archive_name: str) -> list[tarfile.TarInfo]
             _refuse(archive_name, member.name, "is a device or fifo")
         if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
             _refuse(archive_name, member.name, "has an unsupported type")
-        if member.mode & (stat.S_ISUID | stat.S_ISGID):
-            _refuse(archive_name, member.name, "has a setuid or setgid bit")
+        if member.isfile() and member.mode & (stat.S_ISUID | stat.S_ISGID):
+            # a setgid folder is common on group-shared servers (its bit is cleared below);
+            # a setuid or setgid program has no place in a corpus
+            _refuse(archive_name, member.name, "is a file with a setuid or setgid bit")
         # resolving a symlink's own path follows it, so this also checks where it points
         _check_member(member.name, links, archive_name)
         _check_no_dotdot(member.name, archive_name)
