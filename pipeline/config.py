@@ -432,6 +432,9 @@ class ReportConfig:
     clean_set: str | None = "test_clean"  # clean speech: WER per accent
     noisy_set: str | None = "test_noisy"  # noisy speech: WER per SNR, 0 dB apart
     real_set: str | None = "asterisk_test"  # real human speech: forgetting
+    # real human speech in the target condition (its noise types and SNRs, from the test
+    # region of each recording): what users of the adapted recogniser meet
+    real_target_set: str | None = "asterisk_target"
     reference: str = "rsft"  # system tested against every other one (paired bootstrap)
     # resamples for intervals and paired tests (over speakers, and seeds); p floor 1/(B+1)
     bootstrap: int = ranged(10000, ge=1)

@@ -47,6 +47,7 @@ TEST_SETS = {  # set -> rows of (accent, noise, snr_db)
     "test_noisy": [("us", "clean", np.nan)] * 2
     + [("us", "white", s) for s in (10.0, 10.0, 5.0, 5.0, 0.0, 0.0)],
     "asterisk_test": [("us", "clean", np.nan)] * 4,
+    "asterisk_target": [("us", "sauna", 5.0)] * 4,
 }
 RECIPE = {
     "prepare": {
@@ -78,6 +79,8 @@ class ScriptedModel(SpeechModel):
             return index >= 6  # 0 dB
         if set_name == "test_clean":
             return index >= 4 and (self.run == "pretrained" or index % 2 == 0)  # caribbean
+        if set_name == "asterisk_target":  # real speech in the target condition: a gain
+            return index < (2 if self.run == "pretrained" else 1)
         return self.run != "pretrained" and index == 0  # forgetting on real speech
 
     def transcribe(self, waves):
@@ -184,6 +187,9 @@ def test_table_aggregates_seeds_and_tests_rsft_against_each_system(report):
     assert (
         rsft["wer"]["real"]["mean"] == 0.0625 and systems["pretrained"]["wer"]["real"]["mean"] == 0
     )
+    assert results["sets"]["real_target"] == "asterisk_target"
+    assert rsft["wer"]["real_target"]["mean"] == 0.0625
+    assert systems["pretrained"]["wer"]["real_target"]["mean"] == 0.125
     pairs = {(p["system"], p["seed"]): p for p in results["paired"]}
     assert set(pairs) == {
         ("pretrained", 0),

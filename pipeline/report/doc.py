@@ -86,6 +86,7 @@ def comparison(results: dict) -> Table:
     columns = [("target", "target WER % [95% CI]"), ("target_range", "target seed range")]
     columns += [("clean", "clean WER %"), ("noisy_above_0db", "noisy >0 dB WER %")]
     columns += [("noisy_0db", "noisy 0 dB WER %"), ("real", "real speech WER %")]
+    columns += [("real_target", "real speech, target condition WER %")]
     wanted = {"target_range": "target", "noisy_above_0db": "noisy", "noisy_0db": "noisy"}
     columns = [(k, t) for k, t in columns if wanted.get(k, k) in roles]
     rows = []

@@ -318,6 +318,7 @@ _BAR_PANELS = [
     ("clean", "clean speech"),
     ("noisy_0db", "noisy, 0 dB"),
     ("real", "real speech"),
+    ("real_target", "real speech, target condition"),
 ]
 
 

@@ -16,7 +16,8 @@ from pipeline import metrics
 from pipeline.layout import PRETRAINED, SELECTORS, RunName
 
 BUDGETLESS = ("full",)  # trains on the whole pool: no point on the budget sweep
-ROLES = ("target", "clean", "noisy", "real")  # test set roles, named in ReportConfig
+# test set roles, named in ReportConfig: real_target is real speech in the target condition
+ROLES = ("target", "clean", "noisy", "real", "real_target")
 
 
 @dataclass
@@ -57,8 +58,9 @@ def run_wers(run: Run) -> dict:
         out["noisy_by_snr"] = {snr_label(s): metrics.wer(g) for s, g in noisy.groupby("snr_db")}
         out["noisy_above_0db"] = metrics.wer(noisy[noisy["snr_db"] > 0])
         out["noisy_0db"] = metrics.wer(noisy[noisy["snr_db"] == 0])
-    if "real" in sets:
-        out["real"] = metrics.wer(sets["real"])
+    for role in ("real", "real_target"):
+        if role in sets:
+            out[role] = metrics.wer(sets[role])
     return out
 
 
