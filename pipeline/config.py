@@ -161,6 +161,23 @@ class L2ArcticSource:
     limit: int | None = ranged(None, ge=1)
 
 
+@dataclass(frozen=True)
+class AugmentSource:
+    """Pool speech in the target's own acoustics: training candidates made from two prepared
+    sets listed earlier in the recipe (pipeline/prepare/corpora/augment.py). A voice-activity
+    detector finds the non-speech stretches of the unlabelled target audio (its noise bank)
+    and each target utterance's speech-to-noise ratio; each candidate is a labelled utterance
+    of ``speech``, speed-perturbed, mixed with a stretch of the bank at an estimated SNR."""
+
+    kind: Literal["augment"]
+    speech: str = "pool"  # the labelled set whose utterances (and transcripts) are reused
+    target: str = "target"  # the unlabelled target audio: noise bank and SNRs
+    count: int = ranged(1000, ge=1)  # candidates made (select accepts some)
+    # speed perturbation: tempo and pitch together, as resampling does (Kaldi's 0.9/1.0/1.1)
+    speeds: tuple[float, ...] = ranged((0.9, 1.0, 1.1), ge=0.5, le=2.0)
+    min_noise_s: float = ranged(0.1, gt=0)  # shorter non-speech stretches are not kept
+
+
 Source = (
     SynthSource
     | AsteriskSource
@@ -169,6 +186,7 @@ Source = (
     | OpenSLRSource
     | CommonVoiceSource
     | L2ArcticSource
+    | AugmentSource
 )
 
 
@@ -272,6 +290,13 @@ class SelectConfig:
     # the size of dev_target, disjoint from every test set): 'labelled_target' trains on it
     # alone, 'rsft_labelled' on it plus rsft's draw of the rest of the budget from the pool
     labelled_set: str | None = None
+    # a prepared set of generated candidates (source kind 'augment'): 'rsft_aug' trains on
+    # rsft's draw plus the candidates accepted by one pass of rejection sampling on their own
+    # target-vs-candidates density ratio; 'rsft_aug_all' on rsft's draw plus every candidate
+    augment_set: str | None = None
+    # generated candidates' rejection: M = max w when None, else this quantile of w (clipping
+    # the weights above it; the clipped mass is reported)
+    generated_cap_quantile: float | None = ranged(None, gt=0, le=1)
     # rsft's log-ratio: the sum of these estimators' log-ratios
     estimators: tuple[Literal["classifier", "groups", "difficulty"], ...] = ("classifier",)
     group_columns: tuple[str, ...] = ("accent", "noise", "snr_db")  # groups and diagnostics
@@ -596,9 +621,10 @@ def _check(recipe: Recipe) -> None:
     second = recipe.experiment.second_layout
     if second is not None and second == recipe.experiment.eval_layout:
         raise RecipeError("experiment.second_layout: the same as experiment.eval_layout")
-    labelled = recipe.select.labelled_set
-    if labelled is not None and labelled not in names:
-        raise RecipeError(f"select.labelled_set: {labelled!r} is not a prepared set")
+    for key in ("labelled_set", "augment_set"):
+        name = getattr(recipe.select, key)
+        if name is not None and name not in names:
+            raise RecipeError(f"select.{key}: {name!r} is not a prepared set")
     for key in ("quick_baseline_sets", "quick_sets"):
         for name in getattr(recipe.experiment, key):
             if name not in names:
@@ -611,6 +637,17 @@ def _check(recipe: Recipe) -> None:
                     f"prepare.sets[{i}]: noise.babble_talkers {list(noise.babble_talkers)}: "
                     "need [fewest, most]"
                 )
+    for i, s in enumerate(prep.sets):
+        if isinstance(s.source, AugmentSource):
+            for key in ("speech", "target"):
+                name = getattr(s.source, key)
+                if name not in names[:i]:
+                    raise RecipeError(
+                        f"prepare.sets[{i}].source.{key}: {name!r} is not a set listed before "
+                        f"{s.name!r}"
+                    )
+            if s.split == "target":
+                raise RecipeError(f"prepare.sets[{i}]: generated candidates are labelled")
     for region, (lo, hi) in prep.noise_regions.items():
         if not 0.0 <= lo < hi <= 1.0:
             raise RecipeError(f"prepare.noise_regions.{region}: need 0 <= start < end <= 1")

@@ -48,6 +48,8 @@ def plan(recipe: Recipe, quick: bool) -> list[Arm]:
     """The arms to train: systems x seeds at the recipe's budget, then the sweep."""
     cfg = recipe.experiment
     systems = cfg.quick_systems if quick else cfg.systems
+    if recipe.select.augment_set is None:  # no generated candidates: no arm adds them
+        systems = [s for s in systems if s not in select.GENERATED]
     seeds = cfg.quick_seeds if quick else cfg.seeds
     arms = [Arm(s, seed, recipe.select.budget) for seed in seeds for s in systems]
     if not quick:

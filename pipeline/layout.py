@@ -41,6 +41,8 @@ Selector = Literal[
     "importance",
     "labelled_target",
     "rsft_labelled",
+    "rsft_aug",
+    "rsft_aug_all",
 ]
 # every selector, in the order tables list them: each draws a subset that trains a system
 SELECTORS: tuple[str, ...] = get_args(Selector)

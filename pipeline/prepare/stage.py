@@ -36,6 +36,7 @@ from pipeline.errors import UserError
 from pipeline.fsio import file_sha256, fingerprint, read_json, write_json, write_text
 from pipeline.prepare.corpora import (
     asterisk,
+    augment,
     commonvoice,
     hf,
     l2arctic,
@@ -64,6 +65,7 @@ SOURCES: dict[str, Callable[..., Iterable[Candidate | Reject]]] = {
     "openslr": openslr.candidates,
     "commonvoice": commonvoice.candidates,
     "l2arctic": l2arctic.candidates,
+    "augment": augment.candidates,
 }
 
 
@@ -83,7 +85,7 @@ def run(recipe: Recipe) -> pd.DataFrame:
 # Sources that read files on this machine: their files are part of the set's fingerprint,
 # so an edited transcript or replaced recording rebuilds the set. The others are pinned by
 # their config (grammar and voices, dataset revision, archive checksum).
-FILE_SOURCES = ("local", "asterisk", "commonvoice", "l2arctic")
+FILE_SOURCES = ("local", "asterisk", "commonvoice", "l2arctic", "augment")
 
 
 def set_fingerprint(recipe: Recipe, set_cfg: SetConfig, items: list | None = None) -> str:
@@ -122,6 +124,7 @@ def prepare_set(recipe: Recipe, set_cfg: SetConfig) -> tuple[pd.DataFrame, dict[
         set_cfg.split,
         tree.sources(set_cfg.name),
         prep.sample_rate,
+        tree.manifests,
     )
     source = SOURCES[set_cfg.source.kind]
     items = list(source(set_cfg.source, ctx)) if set_cfg.source.kind in FILE_SOURCES else None

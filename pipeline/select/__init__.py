@@ -1,6 +1,6 @@
 """Stage 3, select: density ratios (``ratios``), samplers (``sampling``, ``fixed_budget``),
 the baselines at the same budget, and their plots."""
 
-from pipeline.select.stage import run
+from pipeline.select.stage import GENERATED, run
 
-__all__ = ["run"]
+__all__ = ["GENERATED", "run"]

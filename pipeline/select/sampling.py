@@ -193,6 +193,32 @@ def rejection_sample(
     )
 
 
+def one_pass_rejection(
+    log_w: np.ndarray, rng: np.random.Generator, cap_quantile: float | None = None
+) -> Selection:
+    """Visit every item once and accept it when u < w/M (u ~ U(0,1)): with M = max w, what is
+    accepted is an exact draw from the target restricted to the proposals' support, of random
+    size (expected sum min(1, w/M)). For generated candidates, which come without a budget.
+    ``cap_quantile`` sets M to that quantile of the positive weights, clips w at M and reports
+    the clipped mass, as ``rejection_sample`` does."""
+    log_w = _check_log_w(log_w)
+    accept_p, log_cap = _relative_weights(log_w, cap_quantile)
+    clipped_mass = float(np.maximum(accept_p - 1.0, 0.0).sum() / accept_p.sum())
+    accept_p = np.minimum(accept_p, 1.0)
+    chosen = np.flatnonzero(rng.random(log_w.size) < accept_p)
+    return Selection(
+        indices=chosen.astype(np.int64),
+        method="rejection_one_pass",
+        budget=log_w.size,
+        n_pool=log_w.size,
+        proposals=log_w.size,
+        log_cap=log_cap,
+        clipped_mass=clipped_mass,
+        first_pass_expected=float(accept_p.sum()),
+        first_pass_accepted=int(chosen.size),
+    )
+
+
 def importance_sample(log_w: np.ndarray, budget: int, rng: np.random.Generator) -> Selection:
     """Draw ``budget`` pool items with replacement, with probability proportional to w (DSIR).
 

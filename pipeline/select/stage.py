@@ -16,7 +16,7 @@ by the diagnostics; ``rsft`` sees the target sample's audio embeddings alone.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +92,12 @@ def estimate_log_ratio(cfg: SelectConfig, pool_emb, target_emb, pool_groups, los
     return ratios.combine(*parts), info
 
 
+def active_selectors(cfg: SelectConfig) -> list[str]:
+    """select.selectors without those that add generated candidates when the recipe
+    generates none (the default lists every selector)."""
+    return [s for s in cfg.selectors if s not in GENERATED or cfg.augment_set is not None]
+
+
 def run(recipe: Recipe, out: Path | None = None) -> pd.DataFrame:
     """Select every selector's subset into ``out`` (default: <data_dir>/select)."""
     cfg = recipe.select
@@ -106,7 +112,7 @@ def run(recipe: Recipe, out: Path | None = None) -> pd.DataFrame:
     if cfg.target:
         target, target_emb, _ = load_scored(recipe, cfg.target)
         target_shares = sampling.group_shares(group_keys(target, cfg.group_columns))
-    needs_ratio = {"rsft", "importance"} & set(cfg.selectors)
+    needs_ratio = {"rsft", "importance", "rsft_labelled", *GENERATED} & set(cfg.selectors)
     if needs_ratio and "classifier" in cfg.estimators and target_emb is None:
         raise UserError("select.estimators: 'classifier' needs a target sample (select.target)")
     if needs_ratio and "difficulty" in cfg.estimators and not np.isfinite(scores["loss"]).any():
@@ -115,18 +121,41 @@ def run(recipe: Recipe, out: Path | None = None) -> pd.DataFrame:
             "scored (set score.losses: true, or leave it unset, and rerun rsft score)"
         )
     rng = np.random.default_rng(stable_seed(recipe.seed, "select", "ratio"))
-    log_w, info = (
-        estimate_log_ratio(cfg, pool_emb, target_emb, pool_groups, scores["loss"].to_numpy(), rng)
-        if needs_ratio
-        else (np.zeros(len(pool)), {})
-    )
+    generating = cfg.augment_set is not None and bool(set(GENERATED) & set(cfg.selectors))
+    off_support = None  # why the pool has no ratio to the target, when generation goes on
+    try:
+        log_w, info = (
+            estimate_log_ratio(
+                cfg, pool_emb, target_emb, pool_groups, scores["loss"].to_numpy(), rng
+            )
+            if needs_ratio
+            else (np.zeros(len(pool)), {})
+        )
+    except UserError as err:
+        if not generating or "separates target from pool" not in str(err):
+            raise
+        # a target condition the pool never heard: generated candidates supply it
+        off_support = str(err)
+        log.warning("select: %s; the generated candidates of %s go on", err, cfg.augment_set)
+        log_w, info = np.zeros(len(pool)), {"classifier": {"error": off_support}}
     _write_frame(out / "log_ratio.parquet", pd.DataFrame({"id": pool["id"], "log_w": log_w}))
     labelled = _with_labelled(recipe, pool, pool_groups)
+    generated = Generated.load(recipe, pool, pool_groups, target_emb) if generating else None
     rows = []
-    for selector in cfg.selectors:
+    for selector in active_selectors(cfg):
         rng = np.random.default_rng(stable_seed(recipe.seed, "select", selector))
+        if off_support and selector in ("rsft", "importance", "rsft_labelled"):
+            log.warning("select: %s skipped: %s", selector, off_support)
+            rows.append({"selector": selector, "skipped": off_support})
+            continue
         try:
-            if selector in LABELLED:
+            if selector in GENERATED:
+                if generated is None:
+                    raise UserError(f"select.selectors: {selector!r} needs select.augment_set")
+                selection, selector_log_w = generated.select(
+                    selector, cfg, log_w, recipe.seed, off_support
+                )
+            elif selector in LABELLED:
                 selection, selector_log_w = _select_labelled(selector, cfg, log_w, labelled, rng)
             else:
                 selection, selector_log_w = _select(
@@ -141,10 +170,14 @@ def run(recipe: Recipe, out: Path | None = None) -> pd.DataFrame:
         rows_from, groups_of = pool, pool_groups
         if selector in LABELLED:  # rows past the pool's are the labelled set's
             rows_from, groups_of = labelled
+        if selector in GENERATED:  # rows past the pool's are the candidates
+            rows_from, groups_of = generated.rows, generated.groups
         diag = sampling.diagnostics(selector_log_w, selection, groups_of, target_shares)
         diag["selection"] = selection.to_dict()
         diag["target_group_share"] = _target_group_share(groups_of, selection, target_shares)
         diag["estimators"] = info if selector in ("rsft", "importance") else {}
+        if selector in GENERATED:
+            diag["generated"] = generated.diagnostics(selection)
         if selector in ("rsft", "oracle"):
             diag["design"] = _design_check(selector_log_w, selection, pool_groups, cfg.budget)
         if selection.passes > 1 and selector == "rsft":
@@ -235,6 +268,113 @@ def _select_labelled(selector, cfg: SelectConfig, log_w, labelled, rng):
         notes=tuple(notes),
     )
     return selection, both_log_w
+
+
+GENERATED = ("rsft_aug", "rsft_aug_all")  # selectors that add generated candidates
+
+
+@dataclass
+class Generated:
+    """The candidates of select.augment_set after the pool's rows, and their own density
+    ratio to the target: a classifier of target vs candidates (cross-fitted, as the pool's),
+    since a candidate is accepted by rejection with the candidates as the proposal."""
+
+    rows: pd.DataFrame  # the pool's rows, then the candidates'
+    groups: list
+    n_pool: int
+    log_w: np.ndarray | None  # the candidates' log-ratios; None when there is none
+    info: dict
+
+    @classmethod
+    def load(cls, recipe: Recipe, pool, pool_groups, target_emb) -> Generated:
+        cfg = recipe.select
+        frame, emb, _ = load_scored(recipe, cfg.augment_set)
+        rows = pd.concat([pool, frame], ignore_index=True)
+        groups = pool_groups + group_keys(frame, cfg.group_columns)
+        log_w, info = None, {"candidates": len(frame)}
+        if target_emb is None:
+            info["error"] = "no target sample (select.target) to weigh the candidates by"
+        else:
+            rng = np.random.default_rng(stable_seed(recipe.seed, "select", "generated ratio"))
+            try:
+                log_w, clf = ratios.classifier_log_ratio(
+                    emb, target_emb, rng, cfg.folds, cfg.C, cfg.pca_dim, layer=cfg.layer
+                )
+                info["classifier"] = clf
+                log.info(
+                    "select: %d generated candidates of %s against the target: AUC %.3f",
+                    len(frame),
+                    cfg.augment_set,
+                    clf["auc"],
+                )
+            except UserError as err:
+                info["error"] = str(err)
+        return cls(rows, groups, len(pool), log_w, info)
+
+    def select(self, selector, cfg: SelectConfig, log_w, seed: int, off_support: str | None):
+        """rsft's very draw from the pool (its seed, so the arms differ only by what is
+        generated; a uniform draw when the pool has no ratio to the target), plus the
+        candidates: accepted by one pass of rejection (``rsft_aug``) or all (``_all``)."""
+        pool_rng = np.random.default_rng(stable_seed(seed, "select", "rsft"))
+        notes = []
+        if off_support:
+            drawn = sampling.uniform_sample(self.n_pool, cfg.budget, pool_rng)
+            notes.append("the pool has no ratio to the target: its part is a uniform draw")
+        else:
+            drawn = _sample(cfg, log_w, pool_rng)
+        n_cand = len(self.rows) - self.n_pool
+        if selector == "rsft_aug_all":
+            accepted = np.arange(n_cand, dtype=np.int64)
+        elif self.log_w is None:
+            raise UserError(f"no ratio for the generated candidates: {self.info['error']}")
+        else:
+            rng = np.random.default_rng(stable_seed(seed, "select", selector))
+            one_pass = sampling.one_pass_rejection(self.log_w, rng, cfg.generated_cap_quantile)
+            accepted = one_pass.indices
+            notes.append(
+                f"{one_pass.size} of {n_cand} candidates accepted (expected "
+                f"{one_pass.first_pass_expected:.1f}; clipped mass {one_pass.clipped_mass:.3f})"
+            )
+        picked = np.concatenate([drawn.indices, self.n_pool + accepted])
+        selection = sampling.Selection(
+            indices=np.sort(picked),
+            method=selector,
+            budget=cfg.budget,
+            n_pool=len(self.rows),
+            proposals=drawn.proposals + n_cand,
+            notes=(*drawn.notes, *notes),
+        )
+        cand_log_w = self.log_w if self.log_w is not None else np.zeros(n_cand)
+        finite = log_w[np.isfinite(log_w)]
+        # on the pool's scale for the plots: the candidates' ratios are to another proposal
+        shift = (finite.max() if finite.size else 0.0) - cand_log_w.max()
+        return selection, np.concatenate([log_w, cand_log_w + shift])
+
+    def diagnostics(self, selection: sampling.Selection) -> dict:
+        """Candidates generated and accepted, overall and by the speech they were made from
+        (its noise, and the speed applied)."""
+        cand = self.rows.iloc[self.n_pool :]
+        chosen = np.zeros(len(cand), dtype=bool)
+        chosen[selection.indices[selection.indices >= self.n_pool] - self.n_pool] = True
+        by_source = {}
+        for column in ("origin_noise", "speed"):
+            if column in cand.columns:
+                table = pd.DataFrame({"key": cand[column].astype(str), "accepted": chosen})
+                grouped = table.groupby("key")["accepted"].agg(["size", "sum"])
+                by_source[column] = {
+                    k: {"generated": int(r["size"]), "accepted": int(r["sum"])}
+                    for k, r in grouped.iterrows()
+                }
+        info = {k: v for k, v in self.info.items() if k != "classifier"}
+        clf = self.info.get("classifier", {})
+        return {
+            **info,
+            "accepted": int(chosen.sum()),
+            "acceptance": float(chosen.mean()) if len(chosen) else 0.0,
+            "auc": clf.get("auc"),
+            "layer": clf.get("layer"),
+            "by_source": by_source,
+        }
 
 
 def _sample(cfg: SelectConfig, log_w: np.ndarray, rng) -> sampling.Selection:

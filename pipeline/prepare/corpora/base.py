@@ -37,6 +37,7 @@ class SourceContext:
     split: str
     work_dir: Path  # a folder of the set's own for downloads and extracted archives
     sample_rate: int = audio.SAMPLE_RATE
+    manifests: Path | None = None  # the sets prepared before this one (generated sources)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,277 @@
+"""Generated candidates: the target's own acoustics (voice activity, noise bank, SNR), the
+augment source, and their acceptance by one pass of rejection sampling in select."""
+
+import json
+
+import librosa
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import torch
+
+from pipeline import audio, manifest, prepare
+from pipeline.config import load_recipe
+from pipeline.errors import RecipeError
+from pipeline.generate import acoustics
+from pipeline.prepare.corpora import noise as noise_mod
+from pipeline.select import sampling
+from pipeline.select import stage as select
+from tests.factories import ACCENTS, NOISES, fake_scored_set, speak
+
+SENTENCES = ["turn on the kitchen lights please", "what is the weather like tomorrow in paris"]
+
+
+def spoken(text: str) -> np.ndarray:
+    wave, rate = speak(text)
+    return librosa.resample(wave, orig_sr=rate, target_sr=16000).astype(np.float32)
+
+
+def active_span(wave: np.ndarray) -> tuple[int, int]:
+    """First and last sample of the 20 ms frames within 40 dB of the loudest (the speech)."""
+    frame = 320
+    power = np.mean(wave[: len(wave) // frame * frame].reshape(-1, frame) ** 2, axis=1)
+    on = np.flatnonzero(power >= power.max() * 1e-4)
+    return int(on[0] * frame), int((on[-1] + 1) * frame)
+
+
+def test_vad_marks_the_speech_and_the_noise_bank_holds_only_what_lies_outside_it():
+    speech = spoken(SENTENCES[0])
+    pad = np.zeros(16000, np.float32)
+    clean = np.concatenate([pad, speech, pad])
+    start, end = active_span(clean)
+    noisy = audio.mix_at_snr(clean, np.random.default_rng(0).standard_normal(len(clean)), 20.0)
+    threads = torch.get_num_threads()
+    segments = acoustics.speech_segments(noisy)
+    assert torch.get_num_threads() == threads  # silero_vad's import sets 1; put back
+    assert segments, "no speech found"
+    assert segments[0][0] >= start - 0.15 * 16000 and segments[-1][1] <= end + 0.15 * 16000
+    marked = np.zeros(len(noisy), bool)
+    for s, e in segments:
+        marked[s:e] = True
+    assert marked[start:end].mean() >= 0.8  # the speech is found
+    mask = acoustics.noise_mask(len(noisy), segments)
+    assert not mask[start:end].any()  # no speech goes into the noise bank
+    assert mask[: start - 3200].all() and mask[end + 3200 :].all()  # the silences do
+    found = acoustics.analyse(noisy, segments=segments)
+    assert found.noise_s >= 1.5 and len(found.noise) == int(found.noise_s * 16000)
+    assert abs(found.speech_s - (end - start) / 16000) < 0.4
+
+
+def test_batched_vad_equals_silero_chunk_by_chunk():
+    """The reference loop (silero_vad/tinygrad_model.py): 512 new samples with 64 of
+    context per call, the LSTM state carried from call to call."""
+    model = acoustics._silero()
+    wave = spoken(SENTENCES[1])
+    x = torch.nn.functional.pad(torch.from_numpy(wave), (64, -len(wave) % 512))
+    state, probs = None, []
+    with torch.inference_mode():
+        for i in range(64, len(x), 512):
+            chunk = torch.nn.functional.pad(x[i - 64 : i + 512][None], (0, 64), mode="reflect")
+            y = model.stft_conv(chunk[:, None])
+            y = (y[:, :129] ** 2 + y[:, 129:] ** 2).sqrt()
+            for conv in (model.conv1, model.conv2, model.conv3, model.conv4):
+                y = conv(y).relu()
+            state = model.lstm_cell(y.squeeze(-1), state)
+            probs.append(model.final_conv(state[0].relu()[..., None]).sigmoid().mean().item())
+    batched = acoustics.speech_probabilities(wave)
+    assert len(batched) == len(probs) == -(-len(wave) // 512)
+    assert np.abs(batched - np.array(probs)).max() < 1e-5
+    assert batched.max() > 0.9 and batched.min() < 0.5  # speech, and the silence after it
+
+
+@pytest.mark.parametrize("kind", ["white", "pink", "3d_printer"])
+def test_snr_of_mixtures_of_known_snr_is_estimated_within_2_db(kind):
+    printer = audio.read("/usr/share/sonic-pi/samples/loop_3d_printer.flac")[0]
+    printer = printer[: int(0.6 * len(printer))]  # the training region
+    for text in SENTENCES:
+        pad = np.zeros(12000, np.float32)
+        clean = np.concatenate([pad, spoken(text), pad])
+        for snr in (0.0, 5.0, 10.0, 20.0):
+            rng = np.random.default_rng(int(snr))
+            if kind == "white":
+                noise = rng.standard_normal(len(clean)).astype(np.float32)
+            elif kind == "pink":
+                noise = noise_mod.pink(len(clean), rng)
+            else:
+                noise = noise_mod._loop(printer, len(clean), rng)
+            estimate = acoustics.analyse(audio.mix_at_snr(clean, noise, snr)).snr_db
+            assert estimate is not None and abs(estimate - snr) <= 2.0, (text, snr, estimate)
+
+
+def test_without_noise_or_speech_the_snr_is_unknown():
+    assert acoustics.estimate_snr_db(np.ones(3200, np.float32), np.zeros(0)) is None
+    silence = np.zeros(32000, np.float32)
+    found = acoustics.analyse(silence, segments=[])
+    assert found.snr_db is None and found.speech_s == 0
+
+
+def test_one_pass_rejection_accepts_each_candidate_with_probability_w_over_m():
+    rng = np.random.default_rng(0)
+    log_w = rng.normal(0, 1.5, 200)
+    log_w[:5] = -np.inf  # weight 0: never accepted
+    draws = 3000
+    counts = np.zeros(200)
+    for _ in range(draws):
+        chosen = sampling.one_pass_rejection(log_w, rng)
+        counts[chosen.indices] += 1
+    expected = np.exp(log_w - log_w.max())
+    assert counts[:5].sum() == 0
+    sd = np.sqrt(expected * (1 - expected) / draws) + 1e-3
+    assert np.all(np.abs(counts / draws - expected) <= 5 * sd)
+    capped = sampling.one_pass_rejection(log_w, rng, cap_quantile=0.5)
+    assert capped.clipped_mass > 0 and capped.size > chosen.size
+
+
+# -- the augment source through prepare --
+
+
+def target_folder(folder, count=8, snr_db=5.0):
+    """A user's unlabelled recordings: speech with noise before and after it (white noise
+    everywhere at ``snr_db``), listed in a table without transcripts."""
+    folder.mkdir(parents=True)
+    rows = []
+    for i in range(count):
+        pad = np.zeros(8000, np.float32)
+        clean = np.concatenate([pad, spoken(SENTENCES[i % 2]), pad])
+        noise = np.random.default_rng(i).standard_normal(len(clean)).astype(np.float32)
+        sf.write(folder / f"r{i}.wav", audio.mix_at_snr(clean, noise, snr_db), 16000)
+        rows.append({"path": f"r{i}.wav"})
+    pd.DataFrame(rows).to_csv(folder / "requests.tsv", sep="\t", index=False)
+
+
+def augment_recipe(write_recipe, folder, count=12, order=("pool", "target", "augmented")):
+    sets = {
+        "pool": {
+            "name": "pool",
+            "split": "pool",
+            "source": {"kind": "synth", "parts": [{"count": 4, "voices": ["us"]}]},
+        },
+        "target": {
+            "name": "target",
+            "split": "target",
+            "source": {"kind": "local", "path": str(folder)},
+        },
+        "augmented": {
+            "name": "augmented",
+            "split": "pool",
+            "source": {"kind": "augment", "count": count, "speeds": [0.9, 1.0, 1.1]},
+        },
+    }
+    return load_recipe(
+        write_recipe({"prepare": {"workers": 1, "sets": [sets[name] for name in order]}})
+    )
+
+
+@pytest.mark.slow
+def test_augment_makes_pool_speech_in_the_targets_noise_at_its_snrs(write_recipe, tmp_path):
+    folder = tmp_path / "requests"
+    target_folder(folder)
+    recipe = augment_recipe(write_recipe, folder)
+    prepare.run(recipe)
+    tree = recipe.tree
+    pool = manifest.read(tree.manifest("pool")).set_index("id")
+    made = manifest.read(tree.manifest("augmented"))
+    target = manifest.read(tree.manifest("target"))
+    assert target["text"].eq("").all() or target["text"].isna().all()  # no transcripts
+    assert len(made) == 12 and made["noise"].eq("target_bank").all()
+    bank = json.loads((tree.sources("augmented") / "bank.json").read_text())
+    snrs = [e["snr_db"] for e in bank.values()]
+    assert len(bank) == 8 and all(e["bank"] for e in bank.values())
+    assert abs(np.median(snrs) - 5.0) <= 2.0  # the users' 5 dB, estimated without labels
+    assert set(np.round(made["snr_db"], 3)) <= set(np.round(snrs, 3))
+    assert set(made["speed"]) <= {0.9, 1.0, 1.1} and made["speed"].nunique() > 1
+    assert made["origin"].isin(pool.index).all()
+    origin = pool.loc[made["origin"]]
+    assert (made["text"].to_numpy() == origin["text"].to_numpy()).all()
+    expected = origin["duration_s"].to_numpy() / made["speed"].to_numpy()
+    assert np.allclose(made["duration_s"], expected, atol=0.01)
+    # the speech is in the candidates: louder than the bank's noise alone
+    for row in made.head(3).itertuples():
+        wave, _ = audio.read(row.audio_path)
+        clean, _ = audio.read(pool.loc[row.origin, "audio_path"])
+        assert abs(len(wave) - len(clean) / row.speed) <= 2
+    stamp = tree.manifests / "augmented.done.json"
+    index = tree.sources("augmented") / "bank.json"
+    before = (stamp.stat().st_mtime_ns, index.stat().st_mtime_ns)
+    prepare.run(recipe)  # up to date: nothing is made again
+    after = (stamp.stat().st_mtime_ns, index.stat().st_mtime_ns)
+    assert before == after
+    pd.testing.assert_frame_equal(manifest.read(tree.manifest("augmented")), made)
+
+
+def test_augment_needs_its_sets_listed_before_it(write_recipe, tmp_path):
+    with pytest.raises(RecipeError, match="not a set listed before 'augmented'"):
+        augment_recipe(write_recipe, tmp_path, order=("pool", "augmented", "target"))
+
+
+# -- select: candidates accepted by rejection --
+
+
+def generated_recipe(write_recipe, tmp_path, pool_has_target: bool):
+    groups = [(a, n) for a in ACCENTS for n in NOISES for _ in range(100)]
+    if not pool_has_target:
+        groups = [g for g in groups if g != ("caribbean", NOISES[2])]
+    root = tmp_path / "data"
+    fake_scored_set(root, "pool", groups, np.random.default_rng(1))
+    fake_scored_set(root, "target", [("caribbean", NOISES[2])] * 40, np.random.default_rng(1))
+    # candidates: half in the target's condition, half in another
+    cand = [("caribbean", NOISES[2])] * 30 + [("us", NOISES[0])] * 30
+    fake_scored_set(root, "augmented", cand, np.random.default_rng(1))
+    if not pool_has_target:  # the target lies where the pool never goes; half the candidates too
+        for name, rows in (("target", slice(None)), ("augmented", slice(0, 30))):
+            path = root / "score" / name / "embeddings.npy"
+            emb = np.load(path).astype(np.float32)
+            emb[rows] += 6.0
+            np.save(path, emb.astype(np.float16))
+    synth = {"kind": "synth", "parts": [{"count": 60, "voices": ["us"]}]}
+    return load_recipe(
+        write_recipe(
+            {
+                "prepare": {"sets": [{"name": "augmented", "split": "pool", "source": synth}]},
+                "select": {
+                    "budget": 50,
+                    "folds": 3,
+                    "augment_set": "augmented",
+                    "selectors": ["rsft", "random", "rsft_aug", "rsft_aug_all"],
+                },
+            }
+        )
+    )
+
+
+def subset_ids(recipe, selector):
+    return set(manifest.read(recipe.root / "select" / selector / "subset.parquet")["id"])
+
+
+def test_rsft_aug_adds_the_accepted_candidates_to_rsfts_own_draw(write_recipe, tmp_path):
+    recipe = generated_recipe(write_recipe, tmp_path, pool_has_target=True)
+    table = select.run(recipe).set_index("selector")
+    rsft, aug = subset_ids(recipe, "rsft"), subset_ids(recipe, "rsft_aug")
+    everything = subset_ids(recipe, "rsft_aug_all")
+    assert rsft <= aug and rsft <= everything  # the same pool draw: arms differ by candidates
+    accepted = aug - rsft
+    assert accepted and all(i.startswith("augmented-") for i in accepted)
+    assert everything - rsft == {f"augmented-{i:05d}" for i in range(60)}
+    # what is accepted looks like the target: mostly the candidates in its condition
+    in_target = sum(int(i.split("-")[1]) < 30 for i in accepted)
+    assert in_target / len(accepted) >= 0.8
+    diag = json.loads((recipe.root / "select" / "rsft_aug" / "diagnostics.json").read_text())
+    generated = diag["generated"]
+    assert generated["candidates"] == 60 and generated["accepted"] == len(accepted)
+    assert 0.5 < generated["auc"] < 1.0
+    assert table.loc["rsft_aug", "selected"] == 50 + len(accepted)
+
+
+def test_a_target_the_pool_never_heard_no_longer_stops_select(write_recipe, tmp_path):
+    recipe = generated_recipe(write_recipe, tmp_path, pool_has_target=False)
+    table = select.run(recipe).set_index("selector")
+    assert "separates target from pool" in table.loc["rsft", "skipped"]
+    aug = subset_ids(recipe, "rsft_aug")
+    accepted = {i for i in aug if i.startswith("augmented-")}
+    assert accepted and sum(int(i.split("-")[1]) < 30 for i in accepted) / len(accepted) >= 0.8
+    assert len(aug - accepted) == 50  # the pool's part: a uniform draw
+    assert table.loc["random", "selected"] == 50
+    no_generation = load_recipe(write_recipe({"select": {"budget": 50, "folds": 3}}))
+    with pytest.raises(Exception, match="separates target from pool"):
+        select.run(no_generation)
