@@ -61,6 +61,12 @@ def _run(args: argparse.Namespace) -> None:
     experiment.run_all(load_recipe(args.recipe, args.set), quick=args.quick)
 
 
+def _personalise(args: argparse.Namespace) -> None:
+    from pipeline import personal
+
+    personal.run(args.recipe, args.recordings, args.user, args.set)
+
+
 def _compare(args: argparse.Namespace) -> None:
     from pipeline import evaluate
 
@@ -176,6 +182,16 @@ def build_parser() -> argparse.ArgumentParser:
                 help="run name (default: 'pretrained', a fine-tuned model's run, or the "
                 "model folder's name)",
             )
+    help_text = "adapt to one user from a folder of their recordings (a LoRA adapter)"
+    mine = sub.add_parser("personalise", help=help_text, description=help_text)
+    mine.add_argument("recipe", help="a personalisation recipe, e.g. recipes/personal.yaml")
+    mine.add_argument("recordings", type=Path, help="folder of the user's audio files")
+    mine.add_argument("--user", required=True, help="the user's name: data/<recipe>-<user>/")
+    mine.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override"
+    )
+    _common(mine)
+    mine.set_defaults(func=_personalise)
     compare = sub.add_parser(
         "compare",
         help="paired bootstrap of WER between two evaluate runs",

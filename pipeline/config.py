@@ -226,6 +226,9 @@ class ModelConfig:
     """The pretrained recogniser and how it reads audio (shared by score, finetune, evaluate)."""
 
     name: str = "bundled:whisper-tiny.en"  # or a hub id, or a save_pretrained folder
+    # a LoRA adapter folder (a LoRA run's finetune/<run>/model/adapter) applied to `name` when
+    # it is loaded: one user's adapter on the shared model; None reads `name` as it is
+    adapter: str | None = field(default=None, metadata={typed.MUST_EXIST: True})
     # Whisper input layout: 'standard' (30 s padding), 'short' (encoder context cut to
     # context_s) or 'packed' (several utterances per 30 s window); see pipeline.models.whisper
     layout: Literal["standard", "short", "packed"] = "standard"
@@ -277,6 +280,15 @@ class ScoreConfig:
     losses: bool | None = None
     batch_size: int = ranged(32, ge=1)
     shard_size: int = ranged(512, ge=1)  # utterances per resumable piece
+    # pseudo-labels of the target sample (pipeline/generate/pseudo.py): the teacher's greedy
+    # transcript, read one request per 30 s window, and its agreement with pseudo_samples
+    # transcripts drawn at pseudo_temperature. None: when select.pseudo_labels asks for them
+    pseudo_labels: bool | None = None
+    pseudo_samples: int = ranged(4, ge=1)
+    pseudo_temperature: float = ranged(0.7, gt=0)
+    # the teacher: None is model.name; a fine-tuned model's folder (finetune/<run>/model)
+    # gives a second round with the adapted model as teacher
+    pseudo_teacher: str | None = None
 
 
 @dataclass(frozen=True)
@@ -294,12 +306,25 @@ class SelectConfig:
     # rsft's draw plus the candidates accepted by one pass of rejection sampling on their own
     # target-vs-candidates density ratio; 'rsft_aug_all' on rsft's draw plus every candidate
     augment_set: str | None = None
+    # pseudo-labels of the target sample (score writes them): 'rsft_pl' trains on rsft's draw
+    # plus the target audio whose pseudo-label one pass of rejection accepts, with probability
+    # reliability ** pseudo_power (reliability: agreement of sampled transcripts with the
+    # greedy one; pipeline/generate/pseudo.py); 'rsft_pl_all' takes every pseudo-label;
+    # 'rsft_gen' and 'rsft_gen_all' take both generators' data
+    pseudo_labels: bool = False
+    pseudo_power: float = ranged(1.0, gt=0)
+    # the unlabelled sets whose audio is pseudo-labelled (default: select.target alone), e.g.
+    # real recorded requests beside the target sample; only the generators read them
+    pseudo_sets: tuple[str, ...] = ()
     # generated candidates' rejection: M = max w when None, else this quantile of w (clipping
     # the weights above it; the clipped mass is reported)
     generated_cap_quantile: float | None = ranged(None, gt=0, le=1)
     # rsft's log-ratio: the sum of these estimators' log-ratios
     estimators: tuple[Literal["classifier", "groups", "difficulty"], ...] = ("classifier",)
     group_columns: tuple[str, ...] = ("accent", "noise", "snr_db")  # groups and diagnostics
+    # the metadata the oracle matches to the target's (None: group_columns), e.g. [accent]
+    # when the target's noise is one the pool never heard: an accent-only groups selection
+    oracle_columns: tuple[str, ...] | None = None
     group_weights: dict[str, float] = field(
         default_factory=dict
     )  # 'a|b|c' -> weight; {} = balanced
@@ -525,6 +550,11 @@ class Recipe:
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     """Load a recipe file, apply ``section.key=value`` overrides, and check it."""
+    return build_recipe(read_recipe(path), overrides)
+
+
+def read_recipe(path: str | Path) -> dict:
+    """A recipe file's mapping, safe-loaded and not yet checked."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"recipe not found: {path}")
@@ -536,6 +566,11 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise RecipeError(f"{path}: not valid YAML{at}: {getattr(err, 'problem', err)}") from None
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe is a mapping of sections")
+    return data
+
+
+def build_recipe(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """A checked Recipe from a recipe's mapping and ``section.key=value`` overrides."""
     for item in overrides:
         data = apply_override(data, item)
     recipe = typed.build(Recipe, data)
@@ -625,6 +660,10 @@ def _check(recipe: Recipe) -> None:
         name = getattr(recipe.select, key)
         if name is not None and name not in names:
             raise RecipeError(f"select.{key}: {name!r} is not a prepared set")
+    split_of = {s.name: s.split for s in prep.sets}
+    for name in recipe.select.pseudo_sets:
+        if split_of.get(name) != "target":
+            raise RecipeError(f"select.pseudo_sets: {name!r} is not a prepared 'target' set")
     for key in ("quick_baseline_sets", "quick_sets"):
         for name in getattr(recipe.experiment, key):
             if name not in names:

@@ -16,8 +16,10 @@ import time
 from dataclasses import dataclass, replace
 
 from pipeline import evaluate, finetune, layout, report, resources, select
-from pipeline.config import ModelConfig, Recipe
+from pipeline.config import AugmentSource, ModelConfig, Recipe
 from pipeline.fsio import write_json
+from pipeline.select import generated
+from pipeline.select.generated import GENERATED
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +50,8 @@ def plan(recipe: Recipe, quick: bool) -> list[Arm]:
     """The arms to train: systems x seeds at the recipe's budget, then the sweep."""
     cfg = recipe.experiment
     systems = cfg.quick_systems if quick else cfg.systems
-    if recipe.select.augment_set is None:  # no generated candidates: no arm adds them
-        systems = [s for s in systems if s not in select.GENERATED]
+    # an arm that adds generated data needs its generators set up
+    systems = [s for s in systems if s not in GENERATED or generated.runnable(s, recipe.select)]
     seeds = cfg.quick_seeds if quick else cfg.seeds
     arms = [Arm(s, seed, recipe.select.budget) for seed in seeds for s in systems]
     if not quick:
@@ -61,6 +63,27 @@ def plan(recipe: Recipe, quick: bool) -> list[Arm]:
             for s in cfg.sweep_systems
         ]
     return arms
+
+
+def without_unused_generators(recipe: Recipe, arms: list[Arm]) -> Recipe:
+    """The recipe without the generators that no arm takes from (make demo's quick arms):
+    their sets are not prepared, their pseudo-labels not decoded."""
+    used = {name for arm in arms for name in GENERATED.get(arm.system, {})}
+    sets = recipe.prepare.sets
+    if "augment" not in used:
+        sets = tuple(s for s in sets if not isinstance(s.source, AugmentSource))
+    if "pseudo" not in used:  # sets that only the pseudo-labeller reads
+        only = set(recipe.select.pseudo_sets) - {recipe.select.target}
+        sets = tuple(s for s in sets if s.name not in only)
+    return replace(
+        recipe,
+        prepare=replace(recipe.prepare, sets=sets),
+        select=replace(
+            recipe.select,
+            augment_set=recipe.select.augment_set if "augment" in used else None,
+            pseudo_labels=recipe.select.pseudo_labels and "pseudo" in used,
+        ),
+    )
 
 
 def seeded(recipe: Recipe, seed: int, budget: int) -> Recipe:
@@ -78,6 +101,8 @@ def run_all(recipe: Recipe, quick: bool = False) -> dict:
     what is done; prints and writes (``report/timings.json``) the time each one took."""
     from pipeline import prepare, score
 
+    if quick:
+        recipe = without_unused_generators(recipe, plan(recipe, quick))
     timings: dict[str, float] = {}
     for stage, step in (("prepare", prepare.run), ("score", score.run), ("select", select.run)):
         started = time.perf_counter()

@@ -43,6 +43,10 @@ Selector = Literal[
     "rsft_labelled",
     "rsft_aug",
     "rsft_aug_all",
+    "rsft_pl",
+    "rsft_pl_all",
+    "rsft_gen",
+    "rsft_gen_all",
 ]
 # every selector, in the order tables list them: each draws a subset that trains a system
 SELECTORS: tuple[str, ...] = get_args(Selector)

@@ -1,6 +1,7 @@
 """Forgetting control on tiny random models: distillation, L2-SP, LoRA, replay, a guard set."""
 
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -82,6 +83,29 @@ def test_lora_trains_adapters_and_saves_a_plain_merged_model(ft_recipe, tiny_whi
     assert torch.equal(saved[k], start[k])  # untouched: not a LoRA target
     with pytest.raises(UserError, match="none of \\['attn'\\] is a module"):
         finetune.run(ft_recipe(steps=1, train="lora", lora_modules=["attn"])[1])
+
+
+def test_a_lora_runs_adapter_is_saved_alone_and_read_on_the_base_gives_the_same_model(
+    ft_recipe, tiny_whisper_dir, speech
+):
+    _, recipe = ft_recipe(steps=3, lr=1e-2, train="lora", lora_rank=2, lora_modules=["q_proj"])
+    finetune.run(recipe)
+    model_dir = recipe.root / "finetune" / "rsft" / "model"
+    adapter = model_dir / "adapter"
+    size = (adapter / "adapter_model.safetensors").stat().st_size
+    assert size < 0.5 * (model_dir / "model.safetensors").stat().st_size
+    merged = loader.load(ModelConfig(name=str(model_dir)), recipe.tree.models)
+    base = ModelConfig(name=str(tiny_whisper_dir))
+    on = loader.load(replace(base, adapter=str(adapter)), recipe.tree.models)
+    off = loader.load(base, recipe.tree.models)
+    saved, applied = merged.model.state_dict(), on.model.state_dict()
+    assert set(saved) == set(applied)
+    assert all(torch.allclose(saved[k], applied[k], atol=1e-6) for k in saved)
+    assert on.transcribe([speech]) == merged.transcribe([speech])
+    q = "model.decoder.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(off.model.state_dict()[q], applied[q])  # off: the base as it was
+    with pytest.raises(UserError, match="no LoRA adapter"):
+        loader.load(replace(base, adapter=str(model_dir)), recipe.tree.models)
 
 
 def test_lora_on_ctc_keeps_the_head_trainable(ft_recipe, tiny_ctc_dir):

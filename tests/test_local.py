@@ -115,6 +115,24 @@ def test_shared_stems_get_path_ids_and_duplicate_ids_are_rejected(tmp_path, spee
     assert rejects == [Reject("x", "duplicate id: first on line 2", "local")]
 
 
+def test_a_folder_of_recordings_without_transcripts_is_an_unlabelled_target(tmp_path, speech):
+    user = tmp_path / "alice"
+    (user / "monday").mkdir(parents=True)
+    shutil.copy(speech["lights"], user / "monday" / "req1.wav")
+    shutil.copy(speech["timer"], user / "req1.wav")  # the same stem: ids keep the folders
+    (user / "notes.txt").write_text("not audio")
+    target = SourceContext(seed=0, set_name="mine", split="target", work_dir=tmp_path / "w")
+    cands, rejects = run(target, user)
+    assert not rejects and [c.id for c in cands] == ["monday_req1", "req1"]
+    assert all(c.text == "" and c.path.endswith(".wav") for c in cands)
+    pool = SourceContext(seed=0, set_name="mine", split="pool", work_dir=tmp_path / "w")
+    with pytest.raises(UserError, match="exactly one .tsv or .csv"):  # labelled sets need text
+        run(pool, user)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no transcript table and no audio file"):
+        run(target, tmp_path / "empty")
+
+
 def test_table_errors_name_the_file_and_column(tmp_path, ctx):
     (tmp_path / "t.tsv").write_text("path\twords\na.wav\thello\n")
     with pytest.raises(UserError, match=r"t\.tsv: missing column text or transcript"):

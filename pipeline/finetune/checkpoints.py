@@ -20,6 +20,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+from peft import PeftModel
 
 from pipeline.finetune import forgetting
 from pipeline.fsio import write_json, write_text
@@ -49,12 +50,19 @@ def save_checkpoint(accelerator, checkpoints: Path, step: int, progress: dict, k
     accelerator.wait_for_everyone()
 
 
+ADAPTER = "adapter"  # model/adapter/: a LoRA run's adapters alone (peft's save_pretrained)
+
+
 def save_model(folder: Path, model, processor) -> None:
-    """save_pretrained model (adapters merged) and processor, renamed into place."""
+    """save_pretrained model (adapters merged) and processor, renamed into place; a LoRA
+    model's adapters are also saved alone in ``<folder>/adapter`` (a per-user adapter, a small
+    fraction of the model, that ``model.adapter`` applies to the base model when it reads)."""
     staging = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     forgetting.plain(model).save_pretrained(staging)
     processor.save_pretrained(staging)
+    if isinstance(model, PeftModel):
+        model.save_pretrained(staging / ADAPTER)
     shutil.rmtree(folder, ignore_errors=True)
     staging.rename(folder)
 

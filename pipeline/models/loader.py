@@ -32,6 +32,8 @@ def load(cfg: ModelConfig, cache_dir: Path) -> SpeechModel:
         model, processor = bundled.load_bundled(cache_dir)
     else:
         model, processor = _from_pretrained(cfg.name)
+    if cfg.adapter is not None:
+        model = with_adapter(model, cfg.adapter)
     kind = model.config.model_type
     if kind == "whisper":
         return Whisper(
@@ -49,6 +51,20 @@ def load(cfg: ModelConfig, cache_dir: Path) -> SpeechModel:
     if hasattr(model, "lm_head"):  # wav2vec2, HuBERT, WavLM, ... with a CTC head
         return CTC(model, processor, cfg.name)
     raise UserError(f"model {cfg.name!r}: model type {kind!r} is neither Whisper nor CTC")
+
+
+def with_adapter(model, folder: str):
+    """``model`` with the LoRA adapter in ``folder`` merged into its weights (a copy of the
+    base is never kept: the base is read again without the adapter)."""
+    from peft import PeftModel
+
+    path = Path(folder).expanduser()
+    if not (path / "adapter_config.json").is_file():
+        raise UserError(f"model.adapter: no LoRA adapter (adapter_config.json) in {path}")
+    try:
+        return PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+    except (ValueError, KeyError, RuntimeError) as err:
+        raise UserError(f"model.adapter: {path} does not fit the model: {err}") from None
 
 
 def decoding_revisions() -> tuple[int, ...]:

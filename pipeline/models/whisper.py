@@ -270,6 +270,29 @@ class Whisper(SpeechModel):
             return texts, np.full(len(waves), np.nan, dtype=np.float32)
         return texts, -self.analyse(waves, texts)[1]
 
+    @torch.inference_mode()
+    def sample(self, wave: np.ndarray, n: int, temperature: float, seed: int) -> list[str]:
+        """``n`` transcripts of one utterance drawn at ``temperature`` (ancestral sampling,
+        no top-k), from a generator seeded by ``seed`` alone: what is drawn for an utterance
+        depends on nothing else in its set. Pseudo-labels' reliability compares them."""
+        seconds, _ = self._groups([wave])[0]
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        try:
+            with self.context(seconds):
+                feats = self.features([wave], seconds)
+                ids = self._generate(
+                    feats,
+                    self._budget(len(wave) / SAMPLE_RATE),
+                    do_sample=True,
+                    temperature=temperature,
+                    top_k=0,
+                    num_return_sequences=n,
+                )
+        finally:
+            torch.random.set_rng_state(generator_state)
+        return self._decode(ids)
+
     def _budget(self, speech_s: float, extra: int = 0) -> int:
         """New tokens allowed for ``speech_s`` of speech: caps repetition loops."""
         return min(440, math.ceil(speech_s * self.tokens_per_s) + 8 + extra)
@@ -291,9 +314,7 @@ class Whisper(SpeechModel):
             return self.model.generate(
                 input_features=feats,
                 max_new_tokens=max_new_tokens,
-                do_sample=False,
-                num_beams=1,
-                **kwargs,
+                **({"do_sample": False, "num_beams": 1} | kwargs),
             )
 
     def _decode(self, ids: torch.Tensor) -> list[str]:

@@ -112,6 +112,23 @@ def run(recipe: Recipe) -> None:
             decoded = labelled and decoder is not None
             gather(out, key, frames[name] if decoded else None)
         state.wait_for_everyone()
+    if wants_pseudo_labels(recipe) and state.is_main_process:
+        from pipeline.generate import pseudo
+
+        pseudo.run(recipe, pseudo_sets(recipe))
+    state.wait_for_everyone()
+
+
+def pseudo_sets(recipe: Recipe) -> list[str]:
+    """The unlabelled sets that are pseudo-labelled: select.pseudo_sets, else the target."""
+    return list(recipe.select.pseudo_sets) or [recipe.select.target]
+
+
+def wants_pseudo_labels(recipe: Recipe) -> bool:
+    """score.pseudo_labels, or by default whether select takes pseudo-labelled target audio."""
+    if recipe.score.pseudo_labels is not None:
+        return recipe.score.pseudo_labels and recipe.select.target is not None
+    return recipe.select.pseudo_labels and recipe.select.target is not None
 
 
 def wants_losses(recipe: Recipe) -> bool:

@@ -1,6 +1,7 @@
 """Stage 3, select: density ratios (``ratios``), samplers (``sampling``, ``fixed_budget``),
 the baselines at the same budget, and their plots."""
 
-from pipeline.select.stage import GENERATED, run
+from pipeline.select.generated import GENERATED
+from pipeline.select.stage import run
 
 __all__ = ["GENERATED", "run"]

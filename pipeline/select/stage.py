@@ -16,7 +16,7 @@ by the diagnostics; ``rsft`` sees the target sample's audio embeddings alone.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,9 @@ from pipeline import layout, manifest, resources
 from pipeline.config import Recipe, SelectConfig
 from pipeline.errors import UserError
 from pipeline.fsio import atomic_path, read_parquet, stable_seed, write_json, write_text
-from pipeline.select import fixed_budget, plots, ratios, sampling
+from pipeline.generate import pseudo
+from pipeline.select import fixed_budget, generated, plots, ratios, sampling
+from pipeline.select.generated import GENERATED
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +95,9 @@ def estimate_log_ratio(cfg: SelectConfig, pool_emb, target_emb, pool_groups, los
 
 
 def active_selectors(cfg: SelectConfig) -> list[str]:
-    """select.selectors without those that add generated candidates when the recipe
-    generates none (the default lists every selector)."""
-    return [s for s in cfg.selectors if s not in GENERATED or cfg.augment_set is not None]
+    """select.selectors without those that add generated data from a generator the recipe
+    does not set up (the default lists every selector)."""
+    return [s for s in cfg.selectors if s not in GENERATED or generated.runnable(s, cfg)]
 
 
 def run(recipe: Recipe, out: Path | None = None) -> pd.DataFrame:
@@ -109,9 +111,15 @@ def run(recipe: Recipe, out: Path | None = None) -> pd.DataFrame:
     pool_groups = group_keys(pool, cfg.group_columns)
     target_shares = None
     target_emb = None
+    oracle = None  # the oracle's groups of the pool and the target's shares of them
     if cfg.target:
         target, target_emb, _ = load_scored(recipe, cfg.target)
         target_shares = sampling.group_shares(group_keys(target, cfg.group_columns))
+        columns = cfg.oracle_columns or cfg.group_columns
+        oracle = (
+            group_keys(pool, columns),
+            sampling.group_shares(group_keys(target, columns)),
+        )
     needs_ratio = {"rsft", "importance", "rsft_labelled", *GENERATED} & set(cfg.selectors)
     if needs_ratio and "classifier" in cfg.estimators and target_emb is None:
         raise UserError("select.estimators: 'classifier' needs a target sample (select.target)")
@@ -121,7 +129,7 @@ def run(recipe: Recipe, out: Path | None = None) -> pd.DataFrame:
             "scored (set score.losses: true, or leave it unset, and rerun rsft score)"
         )
     rng = np.random.default_rng(stable_seed(recipe.seed, "select", "ratio"))
-    generating = cfg.augment_set is not None and bool(set(GENERATED) & set(cfg.selectors))
+    generating = bool(set(GENERATED) & set(active_selectors(cfg)))
     off_support = None  # why the pool has no ratio to the target, when generation goes on
     try:
         log_w, info = (
@@ -136,11 +144,11 @@ def run(recipe: Recipe, out: Path | None = None) -> pd.DataFrame:
             raise
         # a target condition the pool never heard: generated candidates supply it
         off_support = str(err)
-        log.warning("select: %s; the generated candidates of %s go on", err, cfg.augment_set)
+        log.warning("select: %s; the generated data go on", err)
         log_w, info = np.zeros(len(pool)), {"classifier": {"error": off_support}}
     _write_frame(out / "log_ratio.parquet", pd.DataFrame({"id": pool["id"], "log_w": log_w}))
     labelled = _with_labelled(recipe, pool, pool_groups)
-    generated = Generated.load(recipe, pool, pool_groups, target_emb) if generating else None
+    made = _generated(recipe, pool, pool_groups, target_emb) if generating else None
     rows = []
     for selector in active_selectors(cfg):
         rng = np.random.default_rng(stable_seed(recipe.seed, "select", selector))
@@ -150,17 +158,17 @@ def run(recipe: Recipe, out: Path | None = None) -> pd.DataFrame:
             continue
         try:
             if selector in GENERATED:
-                if generated is None:
-                    raise UserError(f"select.selectors: {selector!r} needs select.augment_set")
-                selection, selector_log_w = generated.select(
-                    selector, cfg, log_w, recipe.seed, off_support
+                selection, selector_log_w = made.select(
+                    selector,
+                    cfg,
+                    _pool_draw(cfg, log_w, recipe.seed, off_support),
+                    log_w,
+                    recipe.seed,
                 )
             elif selector in LABELLED:
                 selection, selector_log_w = _select_labelled(selector, cfg, log_w, labelled, rng)
             else:
-                selection, selector_log_w = _select(
-                    selector, cfg, log_w, pool_groups, target_shares, scores, rng
-                )
+                selection, selector_log_w = _select(selector, cfg, log_w, oracle, scores, rng)
         except UserError as err:
             if selector in ("rsft", "random"):
                 raise
@@ -170,14 +178,14 @@ def run(recipe: Recipe, out: Path | None = None) -> pd.DataFrame:
         rows_from, groups_of = pool, pool_groups
         if selector in LABELLED:  # rows past the pool's are the labelled set's
             rows_from, groups_of = labelled
-        if selector in GENERATED:  # rows past the pool's are the candidates
-            rows_from, groups_of = generated.rows, generated.groups
+        if selector in GENERATED:  # rows past the pool's are the generated ones
+            rows_from, groups_of = made.rows, made.groups
         diag = sampling.diagnostics(selector_log_w, selection, groups_of, target_shares)
         diag["selection"] = selection.to_dict()
         diag["target_group_share"] = _target_group_share(groups_of, selection, target_shares)
         diag["estimators"] = info if selector in ("rsft", "importance") else {}
         if selector in GENERATED:
-            diag["generated"] = generated.diagnostics(selection)
+            diag["generated"] = made.diagnostics(selector, selection)
         if selector in ("rsft", "oracle"):
             diag["design"] = _design_check(selector_log_w, selection, pool_groups, cfg.budget)
         if selection.passes > 1 and selector == "rsft":
@@ -199,8 +207,8 @@ def run(recipe: Recipe, out: Path | None = None) -> pd.DataFrame:
     return table
 
 
-def _select(selector, cfg, log_w, pool_groups, target_shares, scores, rng):
-    n = len(pool_groups)
+def _select(selector, cfg, log_w, oracle, scores, rng):
+    n = len(log_w)
     if selector == "rsft":
         return _sample(cfg, log_w, rng), log_w
     if selector == "importance":
@@ -211,9 +219,9 @@ def _select(selector, cfg, log_w, pool_groups, target_shares, scores, rng):
         everything = sampling.uniform_sample(n, n, rng, method="full")
         return everything, np.zeros(n)
     if selector == "oracle":
-        if target_shares is None:
+        if oracle is None:
             raise UserError("select.selectors: 'oracle' needs a target sample with metadata")
-        oracle_w, _ = ratios.groups_log_ratio(pool_groups, target_shares)
+        oracle_w, _ = ratios.groups_log_ratio(*oracle)
         return _sample(cfg, oracle_w, rng), oracle_w
     if selector == "wer_filter":
         if scores["wer"].isna().all():
@@ -270,111 +278,44 @@ def _select_labelled(selector, cfg: SelectConfig, log_w, labelled, rng):
     return selection, both_log_w
 
 
-GENERATED = ("rsft_aug", "rsft_aug_all")  # selectors that add generated candidates
-
-
-@dataclass
-class Generated:
-    """The candidates of select.augment_set after the pool's rows, and their own density
-    ratio to the target: a classifier of target vs candidates (cross-fitted, as the pool's),
-    since a candidate is accepted by rejection with the candidates as the proposal."""
-
-    rows: pd.DataFrame  # the pool's rows, then the candidates'
-    groups: list
-    n_pool: int
-    log_w: np.ndarray | None  # the candidates' log-ratios; None when there is none
-    info: dict
-
-    @classmethod
-    def load(cls, recipe: Recipe, pool, pool_groups, target_emb) -> Generated:
-        cfg = recipe.select
+def _generated(recipe: Recipe, pool, pool_groups, target_emb) -> generated.Generated:
+    """The pool's rows and each generator's that the recipe sets up."""
+    cfg, blocks = recipe.select, {}
+    if cfg.augment_set is not None:
         frame, emb, _ = load_scored(recipe, cfg.augment_set)
-        rows = pd.concat([pool, frame], ignore_index=True)
-        groups = pool_groups + group_keys(frame, cfg.group_columns)
-        log_w, info = None, {"candidates": len(frame)}
-        if target_emb is None:
-            info["error"] = "no target sample (select.target) to weigh the candidates by"
-        else:
-            rng = np.random.default_rng(stable_seed(recipe.seed, "select", "generated ratio"))
-            try:
-                log_w, clf = ratios.classifier_log_ratio(
-                    emb, target_emb, rng, cfg.folds, cfg.C, cfg.pca_dim, layer=cfg.layer
+        blocks["augment"] = generated.augment_block(frame, emb, target_emb, cfg, recipe.seed)
+    if cfg.pseudo_labels:
+        names = list(cfg.pseudo_sets) or ([cfg.target] if cfg.target else [])
+        if not names:
+            raise UserError("select.pseudo_labels: needs a target sample (select.target)")
+        frames, tables = [], []
+        for name in names:
+            labels = recipe.tree.score(name) / pseudo.TABLE
+            if not labels.exists():
+                raise UserError(
+                    f"select.pseudo_labels: no pseudo-labels of {name!r} at {labels} (run: "
+                    "rsft score)"
                 )
-                info["classifier"] = clf
-                log.info(
-                    "select: %d generated candidates of %s against the target: AUC %.3f",
-                    len(frame),
-                    cfg.augment_set,
-                    clf["auc"],
-                )
-            except UserError as err:
-                info["error"] = str(err)
-        return cls(rows, groups, len(pool), log_w, info)
+            frames.append(manifest.read(recipe.tree.manifest(name)))
+            tables.append(read_parquet(labels))
+        target = pd.concat(frames, ignore_index=True)
+        target = target.sort_values("id", kind="stable").reset_index(drop=True)
+        blocks["pseudo"] = generated.pseudo_block(target, pd.concat(tables), cfg)
+    groups = pool_groups + [
+        g for b in blocks.values() for g in group_keys(b.frame, cfg.group_columns)
+    ]
+    return generated.Generated(pool, groups, blocks)
 
-    def select(self, selector, cfg: SelectConfig, log_w, seed: int, off_support: str | None):
-        """rsft's very draw from the pool (its seed, so the arms differ only by what is
-        generated; a uniform draw when the pool has no ratio to the target), plus the
-        candidates: accepted by one pass of rejection (``rsft_aug``) or all (``_all``)."""
-        pool_rng = np.random.default_rng(stable_seed(seed, "select", "rsft"))
-        notes = []
-        if off_support:
-            drawn = sampling.uniform_sample(self.n_pool, cfg.budget, pool_rng)
-            notes.append("the pool has no ratio to the target: its part is a uniform draw")
-        else:
-            drawn = _sample(cfg, log_w, pool_rng)
-        n_cand = len(self.rows) - self.n_pool
-        if selector == "rsft_aug_all":
-            accepted = np.arange(n_cand, dtype=np.int64)
-        elif self.log_w is None:
-            raise UserError(f"no ratio for the generated candidates: {self.info['error']}")
-        else:
-            rng = np.random.default_rng(stable_seed(seed, "select", selector))
-            one_pass = sampling.one_pass_rejection(self.log_w, rng, cfg.generated_cap_quantile)
-            accepted = one_pass.indices
-            notes.append(
-                f"{one_pass.size} of {n_cand} candidates accepted (expected "
-                f"{one_pass.first_pass_expected:.1f}; clipped mass {one_pass.clipped_mass:.3f})"
-            )
-        picked = np.concatenate([drawn.indices, self.n_pool + accepted])
-        selection = sampling.Selection(
-            indices=np.sort(picked),
-            method=selector,
-            budget=cfg.budget,
-            n_pool=len(self.rows),
-            proposals=drawn.proposals + n_cand,
-            notes=(*drawn.notes, *notes),
-        )
-        cand_log_w = self.log_w if self.log_w is not None else np.zeros(n_cand)
-        finite = log_w[np.isfinite(log_w)]
-        # on the pool's scale for the plots: the candidates' ratios are to another proposal
-        shift = (finite.max() if finite.size else 0.0) - cand_log_w.max()
-        return selection, np.concatenate([log_w, cand_log_w + shift])
 
-    def diagnostics(self, selection: sampling.Selection) -> dict:
-        """Candidates generated and accepted, overall and by the speech they were made from
-        (its noise, and the speed applied)."""
-        cand = self.rows.iloc[self.n_pool :]
-        chosen = np.zeros(len(cand), dtype=bool)
-        chosen[selection.indices[selection.indices >= self.n_pool] - self.n_pool] = True
-        by_source = {}
-        for column in ("origin_noise", "speed"):
-            if column in cand.columns:
-                table = pd.DataFrame({"key": cand[column].astype(str), "accepted": chosen})
-                grouped = table.groupby("key")["accepted"].agg(["size", "sum"])
-                by_source[column] = {
-                    k: {"generated": int(r["size"]), "accepted": int(r["sum"])}
-                    for k, r in grouped.iterrows()
-                }
-        info = {k: v for k, v in self.info.items() if k != "classifier"}
-        clf = self.info.get("classifier", {})
-        return {
-            **info,
-            "accepted": int(chosen.sum()),
-            "acceptance": float(chosen.mean()) if len(chosen) else 0.0,
-            "auc": clf.get("auc"),
-            "layer": clf.get("layer"),
-            "by_source": by_source,
-        }
+def _pool_draw(cfg: SelectConfig, log_w, seed: int, off_support: str | None):
+    """The pool's part of a selector with generated data: rsft's very draw (its seed), or a
+    uniform one when the pool has no ratio to the target."""
+    rng = np.random.default_rng(stable_seed(seed, "select", "rsft"))
+    if off_support:
+        drawn = sampling.uniform_sample(len(log_w), cfg.budget, rng)
+        note = "the pool has no ratio to the target: its part is a uniform draw"
+        return replace(drawn, notes=(*drawn.notes, note))
+    return _sample(cfg, log_w, rng)
 
 
 def _sample(cfg: SelectConfig, log_w: np.ndarray, rng) -> sampling.Selection:

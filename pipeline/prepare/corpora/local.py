@@ -48,8 +48,39 @@ def candidates(cfg: LocalSource, ctx: SourceContext) -> Iterator[Entry]:
     """
     root = Path(cfg.path).expanduser()
     unlabelled = ctx.split == "target"
-    entries = _kaldi(root, cfg) if cfg.format == "kaldi" else _table(root, cfg, unlabelled)
+    if cfg.format == "kaldi":
+        entries = _kaldi(root, cfg)
+    elif unlabelled and _bare_folder(root, cfg):
+        entries = _audio_files(root, cfg)
+    else:
+        entries = _table(root, cfg, unlabelled)
     yield from take(entries, cfg.limit)
+
+
+# ---------------------------------------------------------------- a folder of recordings
+
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+
+
+def _bare_folder(root: Path, cfg: LocalSource) -> bool:
+    """A folder without a transcript table: a user's recordings, as they are."""
+    if not root.is_dir() or cfg.transcript:
+        return False
+    return not any(p.suffix.lower() in TABLE_SUFFIXES for p in root.iterdir())
+
+
+def _audio_files(root: Path, cfg: LocalSource) -> Iterator[Entry]:
+    """Every audio file under ``root`` (sorted), as unlabelled utterances named by path."""
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    if not files:
+        raise UserError(
+            f"{root}: no transcript table and no audio file ({', '.join(AUDIO_SUFFIXES)})"
+        )
+    rel = [str(p.relative_to(root)) for p in files]
+    for utt, name in zip(_default_ids(rel), rel, strict=True):
+        if kept(cfg.keep, utt, "unknown", cfg.accent):
+            yield _file_candidate(utt, "", "unknown", cfg.accent, (root,), name)
 
 
 # ---------------------------------------------------------------- transcript tables
