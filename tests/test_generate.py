@@ -18,6 +18,7 @@ from pipeline.generate import acoustics, pseudo
 from pipeline.models import loader
 from pipeline.prepare.corpora import noise as noise_mod
 from pipeline.prepare.corpora.asterisk import read_transcripts, speech_text
+from pipeline.report import doc, plots
 from pipeline.select import generated, sampling
 from pipeline.select import stage as select
 from tests.factories import ACCENTS, NOISES, dummy_row, fake_scored_set, speak
@@ -358,3 +359,28 @@ def test_make_demo_neither_makes_nor_reads_what_only_generator_arms_take():
     kept = experiment.without_unused_generators(recipe, full)
     assert {s.name for s in kept.prepare.sets} == {s.name for s in recipe.prepare.sets}
     assert kept.select == recipe.select
+
+
+def test_the_report_tables_generated_data_and_draws_the_pseudo_label_curve():
+    curve = [{"threshold": t, "kept": 10 - int(10 * t), "wer": 0.4 - 0.3 * t} for t in (0, 0.5, 1)]
+    diagnostics = {
+        "rsft": {},
+        "rsft_gen": {
+            "generated": {
+                "augment": {"generated": 600, "accepted": 90, "acceptance": 0.15, "auc": 0.81},
+                "pseudo": {
+                    "generated": 100,
+                    "accepted": 40,
+                    "acceptance": 0.4,
+                    "references": {"wer_accepted": 0.12, "wer_all": 0.35, "curve": curve},
+                },
+            }
+        },
+    }
+    table = doc.generated(diagnostics)
+    assert table.rows == [
+        ["rsft_gen", "augment", "600", "90", "0.150", "0.810", "-", "-", ""],
+        ["rsft_gen", "pseudo", "100", "40", "0.400", "-", "12.0", "35.0", ""],
+    ]
+    assert doc.generated({"rsft": {}}) is None
+    assert plots.pseudo_label_curve(curve)[:8] == b"\x89PNG\r\n\x1a\n"

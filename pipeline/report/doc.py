@@ -223,6 +223,30 @@ def selection(summary: dict) -> Table:
     return Table(header + ["target-group share", "clipped mass", "note"], rows)
 
 
+def generated(diagnostics: dict[str, dict]) -> Table | None:
+    """Per selector with generated data and per generator: rows generated and accepted, the
+    candidates' classifier AUC (augment), and the pseudo-labels' WER against references the
+    method never read (accepted and all; where the set has transcripts)."""
+
+    def num(value, scale=1.0, digits=3) -> str:
+        return "-" if value is None or pd.isna(value) else f"{scale * value:.{digits}f}"
+
+    rows = []
+    for selector, diag in diagnostics.items():
+        for name, made in (diag.get("generated") or {}).items():
+            refs = made.get("references") or {}
+            rows.append(
+                [selector, name, str(made["generated"]), str(made["accepted"])]
+                + [num(made["acceptance"]), num(made.get("auc"))]
+                + [num(refs.get("wer_accepted"), 100, 1), num(refs.get("wer_all"), 100, 1)]
+                + [made.get("error", "")]
+            )
+    if not rows:
+        return None
+    header = ["selector", "generator", "generated", "accepted", "acceptance", "AUC"]
+    return Table(header + ["accepted labels WER %", "all labels WER %", "note"], rows)
+
+
 def comparison_text(results: dict) -> str:
     """The comparison table as aligned text, for the terminal."""
     table = comparison(results)

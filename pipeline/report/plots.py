@@ -147,3 +147,18 @@ def budget_sweep(rows: list[dict]) -> bytes:
     ax.set(xlabel="budget (utterances)", ylabel="target WER %", title="Budget sweep")
     ax.legend(fontsize=8)
     return _png(fig)
+
+
+def pseudo_label_curve(curve: list[dict]) -> bytes:
+    """Pseudo-labels kept and their WER against the reliability threshold that keeps them."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    thresholds = [c["threshold"] for c in curve]
+    wers = [np.nan if c["wer"] is None else 100 * c["wer"] for c in curve]
+    ax.plot(thresholds, wers, marker="o", color="tab:red")
+    ax.set_xlabel("reliability threshold (agreement of sampled transcripts)")
+    ax.set_ylabel("WER % of the labels kept", color="tab:red")
+    right = ax.twinx()
+    right.plot(thresholds, [c["kept"] for c in curve], marker="s", color="tab:blue")
+    right.set_ylabel("labels kept", color="tab:blue")
+    right.set_ylim(bottom=0)
+    return _png(fig)

@@ -176,6 +176,25 @@ def selection_blocks(found: dict) -> list:
     if diagnostics:
         png = plots.selection_shares(diagnostics)
         blocks.append(doc.Figure("selection_shares", png, "Group shares: pool, target, subsets"))
+    if table := doc.generated(found["diagnostics"]):
+        blocks += [doc.Heading("Generated data"), table]
+        text = (
+            "Candidates made from pool speech in the target audio's own noise (augment) are "
+            "accepted by one pass of rejection on their ratio to the target; pseudo-labelled "
+            "target audio by one pass on the labels' reliability. Label WER reads the "
+            "transcripts the method never sees."
+        )
+        blocks.append(doc.Para(text))
+        curves = [
+            made["references"]["curve"]
+            for diag in found["diagnostics"].values()
+            for name, made in (diag.get("generated") or {}).items()
+            if name == "pseudo" and made.get("references")
+        ]
+        if curves:
+            png = plots.pseudo_label_curve(curves[0])
+            caption = "Pseudo-labels: how many a reliability threshold keeps, and their WER"
+            blocks.append(doc.Figure("pseudo_labels", png, caption))
     rsft = found["diagnostics"].get("rsft")
     if rsft is not None:
         hist = rsft["log_w_histogram"]
