@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from pipeline import audio, experiment, manifest, prepare
+from pipeline import audio, config, experiment, manifest, prepare, score, text, typed
 from pipeline.config import AsteriskSource, ModelConfig, SelectConfig, load_recipe
 from pipeline.errors import RecipeError
 from pipeline.generate import acoustics, pseudo
@@ -91,9 +91,9 @@ def test_batched_vad_equals_silero_chunk_by_chunk():
 def test_snr_of_mixtures_of_known_snr_is_estimated_within_2_db(kind):
     printer = audio.read("/usr/share/sonic-pi/samples/loop_3d_printer.flac")[0]
     printer = printer[: int(0.6 * len(printer))]  # the training region
-    for text in SENTENCES:
+    for sentence in SENTENCES:
         pad = np.zeros(12000, np.float32)
-        clean = np.concatenate([pad, spoken(text), pad])
+        clean = np.concatenate([pad, spoken(sentence), pad])
         for snr in (0.0, 5.0, 10.0, 20.0):
             rng = np.random.default_rng(int(snr))
             if kind == "white":
@@ -147,12 +147,14 @@ def target_folder(folder, count=8, snr_db=5.0):
     pd.DataFrame(rows).to_csv(folder / "requests.tsv", sep="\t", index=False)
 
 
-def augment_recipe(write_recipe, folder, count=12, order=("pool", "target", "augmented")):
+def augment_recipe(
+    write_recipe, folder, count=12, order=("pool", "target", "augmented"), pool_count=4
+):
     sets = {
         "pool": {
             "name": "pool",
             "split": "pool",
-            "source": {"kind": "synth", "parts": [{"count": 4, "voices": ["us"]}]},
+            "source": {"kind": "synth", "parts": [{"count": pool_count, "voices": ["us"]}]},
         },
         "target": {
             "name": "target",
@@ -384,3 +386,52 @@ def test_the_report_tables_generated_data_and_draws_the_pseudo_label_curve():
     ]
     assert doc.generated({"rsft": {}}) is None
     assert plots.pseudo_label_curve(curve)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_unlabelled_recordings_go_through_prepare_score_and_select_to_generated_arms(
+    write_recipe, tmp_path, tiny_whisper_dir
+):
+    """A folder of recordings without transcripts as the target: the augment source takes its
+    noise, score pseudo-labels it (a second-round teacher named by score.pseudo_teacher), and
+    select hands both to the generated arms."""
+    folder = tmp_path / "requests"
+    target_folder(folder, count=24)
+    recipe = augment_recipe(write_recipe, folder, count=30, pool_count=12)
+    data = {
+        "name": "t",
+        "data_dir": str(recipe.root),
+        "model": {"name": str(tiny_whisper_dir)},
+        "prepare": {"workers": 1, "sets": [typed.to_dict(s) for s in recipe.prepare.sets]},
+        "score": {
+            "hypotheses": False,
+            "pseudo_samples": 2,
+            "pseudo_teacher": str(tiny_whisper_dir),
+        },
+        "select": {
+            "budget": 2,
+            "folds": 2,
+            "augment_set": "augmented",
+            "pseudo_labels": True,
+            "selectors": ["rsft", "random", "rsft_aug_all", "rsft_pl_all", "rsft_gen_all"],
+        },
+    }
+    recipe = config.build_recipe(data)
+    prepare.run(recipe)
+    score.run(recipe)
+    labels = pd.read_parquet(recipe.tree.score("target") / "pseudo.parquet")
+    assert len(labels) == 24 and labels["agreement"].between(0, 1).all()
+    stamp = json.loads((recipe.tree.score("target") / "pseudo.done.json").read_text())
+    assert stamp["teacher"] == str(tiny_whisper_dir)
+    select.run(recipe)
+    everything = manifest.read(recipe.root / "select" / "rsft_gen_all" / "subset.parquet")
+    by_source = everything.groupby("source")["id"].apply(set)
+    # the pool's part: rsft's draw, or a uniform one where the random model's embeddings leave
+    # the pool no ratio to the target
+    assert len(by_source["synth"]) == 2
+    assert by_source["augment"] == {f"augmented-{i:05d}" for i in range(30)}
+    labelled = labels[labels["hypothesis"].map(lambda h: bool(text.normalize(h)))]
+    assert by_source["pseudo"] == set(labelled["id"])
+    rows = everything[everything["source"] == "pseudo"].set_index("id")
+    expected = labelled.set_index("id").loc[rows.index, "hypothesis"]
+    assert (rows["text"] == expected).all()  # trained on the teacher's labels

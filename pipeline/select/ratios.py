@@ -175,6 +175,13 @@ def classifier_log_ratio(
         raise UserError(f"target sample too small: {n_target} < {MIN_TARGET_ROWS}")
     if folds < 2 or folds > min(n_pool, n_target):
         raise UserError(f"folds must be between 2 and {min(n_pool, n_target)}, got {folds}")
+    # calibration splits each fold's training rows again: every class needs enough of them
+    smallest = min(n_pool, n_target) * (folds - 1) // folds
+    if calibrate and smallest < CALIBRATION_FOLDS:
+        raise UserError(
+            f"{min(n_pool, n_target)} rows in the smaller sample are too few for {folds} "
+            f"folds with calibration (each fold needs {CALIBRATION_FOLDS} to train on)"
+        )
     if pca_dim is not None and not 1 <= pca_dim <= dims:
         raise UserError(f"pca_dim must be between 1 and {dims}, got {pca_dim}")
     if layer is not None and not -n_layers <= layer < n_layers:
