@@ -45,6 +45,17 @@ def scaled_recipe(path: Path, data_dir: Path, fraction: float) -> Path:
     sets' size scaled by ``fraction``, writing into ``data_dir``."""
     recipe = yaml.safe_load(RECIPE.read_text())
     recipe["data_dir"] = str(data_dir)
+    # make demo's stages: its quick arms take no generated data (experiment.py leaves the
+    # generators' sets out of make demo as well)
+    select = recipe.get("select", {})
+    only_generators = set(select.pop("pseudo_sets", [])) - {select.get("target", "target")}
+    select.pop("augment_set", None)
+    select.pop("pseudo_labels", None)
+    recipe["prepare"]["sets"] = [
+        s
+        for s in recipe["prepare"]["sets"]
+        if s["source"]["kind"] != "augment" and s["name"] not in only_generators
+    ]
     for set_cfg in recipe["prepare"]["sets"]:
         source = set_cfg["source"]
         for part in source.get("parts", []):
@@ -145,6 +156,8 @@ def measure(stage: str, args: argparse.Namespace, work: Path) -> dict:
         link(data_dir, root, "prepare")
         overrides = [f"evaluate.limit={args.evaluate_utterances}"]
         input_ = f"{args.evaluate_utterances} per test set"
+    if stage != "prepare":  # make demo's stages: no generated data (see scaled_recipe)
+        overrides += ["select.augment_set=null", "select.pseudo_labels=false"]
     if args.threads and stage in ("score", "finetune", "evaluate"):
         overrides.append(f"model.threads={args.threads}")
     row = run_stage(stage, recipe, data_dir, work / f"{stage}.log", *overrides)
