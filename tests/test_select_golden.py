@@ -18,10 +18,14 @@ import pandas as pd
 from pipeline import manifest
 from pipeline.config import load_recipe
 from pipeline.layout import SELECTORS
+from pipeline.select.generated import GENERATED
 from tests.factories import ACCENTS, NOISES, fake_scored_set
 
 GOLDEN = Path(__file__).parent / "data" / "select_golden.json"
-METHODS = [m for m in SELECTORS if m not in ("labelled_target", "rsft_labelled")]
+# the selectors of a pool and a target alone: no labelled set, no generated data
+METHODS = [
+    m for m in SELECTORS if m not in ("labelled_target", "rsft_labelled") and m not in GENERATED
+]
 
 
 def scored_recipe(tmp_path: Path):
