@@ -7,6 +7,7 @@ the completion stamp, and the registry of selectors.
     <root>/sources/<set>/, noise_sources/<n>/  prepare: downloads and extracted corpora
     <root>/score/<set>/                        score: embeddings, scores, done.json
     <root>/select/<selector>/subset.parquet    select: the recipe's seed and budget
+    <root>/select/weights.parquet              select: every pool row's selection weights
     <root>/select/variants/k<K>-s<S>/<selector>/   select: other seeds and budgets
     <root>/finetune/<run>/model/               finetune: the saved model of a run
     <root>/evaluate/<run>/<set>/               evaluate: one run's reading of a test set
@@ -48,6 +49,8 @@ Selector = Literal[
     "rsft_gen",
     "rsft_gen_all",
 ]
+WEIGHTS = "weights.parquet"  # read by other toolkits: keep its name and columns stable
+
 # every selector, in the order tables list them: each draws a subset that trains a system
 SELECTORS: tuple[str, ...] = get_args(Selector)
 PRETRAINED = "pretrained"  # the system that is not fine-tuned
@@ -109,6 +112,10 @@ class DataTree:
     def selection(self, variant: str | None = None) -> Path:
         """The folder select writes: the recipe's own draw, or a variant's (``variant``)."""
         return self.select / "variants" / check_name(variant, "variant") if variant else self.select
+
+    def weights(self, variant: str | None = None) -> Path:
+        """Every pool row's selection weights, for other toolkits (docs/weights.md)."""
+        return self.selection(variant) / WEIGHTS
 
     def subset(self, name: str) -> Path:
         """A subset by its name under select/: ``<selector>`` or ``variants/.../<selector>``."""

@@ -58,7 +58,7 @@ def selections(tmp_path: Path) -> dict:
         frame = manifest.read(out / method / "subset.parquet")
         counts = frame["count"] if "count" in frame else pd.Series(1, index=frame.index)
         subsets[method] = sorted(f"{i}x{c}" for i, c in zip(frame["id"], counts, strict=True))
-    log_w = pd.read_parquet(out / "log_ratio.parquet").sort_values("id")
+    log_w = pd.read_parquet(out / "weights.parquet").sort_values("id")
     return {"subsets": subsets, "log_w": [round(float(v), 6) for v in log_w["log_w"]]}
 
 

@@ -32,7 +32,7 @@ import numpy as np
 from pipeline.config import Recipe
 from pipeline.errors import UserError
 from pipeline.fsio import read_json, read_parquet, stable_seed, write_json
-from pipeline.layout import RunName, parse_run_name
+from pipeline.layout import WEIGHTS, RunName, parse_run_name
 from pipeline.report import compare, doc, plots, stats
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ def read_layout(run: Path, name: str) -> str | None:
 
 def load_selection(folder: Path, skips: Skips) -> dict | None:
     """select/summary.json (with each selector's ESS), its diagnostics, and the rsft log-ratios
-    of the whole pool and of the selected rows (``log_ratio.parquet``, ``rsft/subset.parquet``)."""
+    of the whole pool and of the selected rows (``weights.parquet``, ``rsft/subset.parquet``)."""
     if not (folder / "summary.json").exists():
         skips.add("selection", f"no {folder / 'summary.json'} (run: rsft select)")
         return None
@@ -130,7 +130,7 @@ def load_selection(folder: Path, skips: Skips) -> dict | None:
         elif "skipped" not in row:
             skips.add(f"selection {row['method']}", f"no {path}")
     selected = None
-    ratio_path, subset_path = folder / "log_ratio.parquet", folder / "rsft" / "subset.parquet"
+    ratio_path, subset_path = folder / WEIGHTS, folder / "rsft" / "subset.parquet"
     if "rsft" in diagnostics and ratio_path.exists() and subset_path.exists():
         ratios = read_parquet(ratio_path)
         chosen = read_parquet(subset_path, columns=["id"])["id"]

@@ -6,7 +6,10 @@ Output, under ``<data_dir>/select/``:
   <selector>/diagnostics.json  acceptance, expected vs actual, ESS, clipped mass, group shares
                              of pool / target / selected with total variation, log-w histograms
   <selector>/shares.png, <selector>/log_ratio.png
-  log_ratio.parquet          id, log_w of the rsft estimator (for reports)
+  weights.parquet            every pool row's id, log_w (the rsft estimator's log-ratio), weight
+                             (w normalised to mean 1) and inclusion (the exact fixed-budget
+                             design's probability at select.budget): selection weights for other
+                             toolkits (docs/weights.md)
   summary.json, summary.txt  one row per selector (and the run's peak RSS)
 
 The target sample's metadata (accent, noise, SNR) is used only by the ``oracle`` baseline and
@@ -146,7 +149,7 @@ def run(recipe: Recipe, out: Path | None = None) -> pd.DataFrame:
         off_support = str(err)
         log.warning("select: %s; the generated data go on", err)
         log_w, info = np.zeros(len(pool)), {"classifier": {"error": off_support}}
-    _write_frame(out / "log_ratio.parquet", pd.DataFrame({"id": pool["id"], "log_w": log_w}))
+    _write_frame(out / layout.WEIGHTS, weights_frame(pool["id"], log_w, cfg.budget))
     labelled = _with_labelled(recipe, pool, pool_groups)
     made = _generated(recipe, pool, pool_groups, target_emb) if generating else None
     rows = []
@@ -305,6 +308,20 @@ def _generated(recipe: Recipe, pool, pool_groups, target_emb) -> generated.Gener
         g for b in blocks.values() for g in group_keys(b.frame, cfg.group_columns)
     ]
     return generated.Generated(pool, groups, blocks)
+
+
+def weights_frame(ids: pd.Series, log_w: np.ndarray, budget: int) -> pd.DataFrame:
+    """One row per pool utterance: ``log_w``; ``weight`` = w / mean(w), the sampling weight
+    other toolkits take (with replacement, proportional to w: ``importance``); ``inclusion``
+    = min(1, c * w) with sum K, the probability that the exact fixed-budget draw of K rows
+    without replacement holds the row (rsft's design). A flat log_w (no ratio) gives weight 1
+    and inclusion K / N."""
+    log_w = np.asarray(log_w, dtype=np.float64)
+    w = np.exp(log_w - log_w.max())
+    pi, _ = fixed_budget.inclusion_probabilities(w, min(budget, len(w)))
+    return pd.DataFrame(
+        {"id": ids.to_numpy(), "log_w": log_w, "weight": w / w.mean(), "inclusion": pi}
+    )
 
 
 def _pool_draw(cfg: SelectConfig, log_w, seed: int, off_support: str | None):
