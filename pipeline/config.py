@@ -70,8 +70,12 @@ class AsteriskSource:
     kind: Literal["asterisk"]
     part: Literal["guard", "test", "all"] = "test"
     guard_fraction: float = ranged(0.5, ge=0, le=1)  # share of prompts in the guard (dev) part
-    sounds_dir: str = "/usr/share/asterisk/sounds/en_US_f_Allison"
-    transcripts: str = "/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz"
+    # the prompts' language: Debian's asterisk-core-sounds-<language>-wav (audio) and
+    # asterisk-core-sounds-<language> (transcripts); installed ones include en, es, fr, it, ru
+    language: str = "en"
+    sounds_dir: str | None = None  # default: /usr/share/asterisk/sounds/<language>
+    # default: /usr/share/doc/asterisk-core-sounds-<language>/core-sounds-<language>.txt.gz
+    transcripts: str | None = None
     limit: int | None = ranged(None, ge=1)
 
 
@@ -225,7 +229,12 @@ class PrepareConfig:
 class ModelConfig:
     """The pretrained recogniser and how it reads audio (shared by score, finetune, evaluate)."""
 
-    name: str = "bundled:whisper-tiny.en"  # or a hub id, or a save_pretrained folder
+    name: str = "bundled:whisper-tiny.en"  # or bundled:whisper-base, a hub id, or a folder
+    # the language spoken (Whisper's code: en, es, fr, ...): a multilingual Whisper reads and
+    # trains with its token after <|startoftranscript|>; an English-only model refuses any
+    # other. Text is normalised for it (pipeline.text)
+    language: str = "en"
+    task: Literal["transcribe", "translate"] = "transcribe"  # multilingual Whisper only
     # a LoRA adapter folder (a LoRA run's finetune/<run>/model/adapter) applied to `name` when
     # it is loaded: one user's adapter on the shared model; None reads `name` as it is
     adapter: str | None = field(default=None, metadata={typed.MUST_EXIST: True})
@@ -366,6 +375,9 @@ class EvaluateConfig:
     # token, in nats, in the set's layout. A finer measure of forgetting than WER on a small
     # set of real speech: `rsft compare` gives the paired difference (recipes/RESULTS.md)
     token_nll: tuple[str, ...] = ()
+    # WER and CER without diacritics on either side (model.language other than en; English
+    # always drops them): for references written without them, like the asterisk prompts'
+    strip_diacritics: bool = False
 
 
 @dataclass(frozen=True)

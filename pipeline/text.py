@@ -1,4 +1,13 @@
-"""The one English text normaliser, applied to references, hypotheses and training targets.
+"""Text normalisers, applied to references, hypotheses and training targets: one for English,
+Whisper's basic one for every other language (``normalize(text, language)``).
+
+Other languages: Whisper's ``BasicTextNormalizer`` lower-cases, drops bracketed and
+parenthesised spans and every symbol and punctuation mark (an apostrophe splits "l'homme" into
+"l homme"), and keeps letters with their diacritics ("sí" and "si" are different words in
+Spanish); ``strip_diacritics`` removes them, for references written without them (the asterisk
+prompts' transcripts are). Numbers are not rewritten: "dos" and "2" differ.
+
+English:
 
 It wraps Whisper's English normaliser (transformers' copy of OpenAI's code), which lower-cases,
 drops punctuation, bracketed and parenthesised spans and fillers (um, uh, hmm), expands
@@ -22,9 +31,13 @@ from __future__ import annotations
 
 import functools
 import re
+import unicodedata
 from collections.abc import Iterable
 
-from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+from transformers.models.whisper.english_normalizer import (
+    BasicTextNormalizer,
+    EnglishTextNormalizer,
+)
 
 # British -> American spellings of the same word, written for this project (Whisper's own
 # 1,700-entry list lives on the model hub, which this machine cannot reach). Only spelling
@@ -152,14 +165,22 @@ _OCLOCK = re.compile(r"\bo'?\s*clock\b")
 _SPELLED_AM_PM = re.compile(r"\b(\d+) ([ap]) m\b")
 
 
+_basic = {strip: BasicTextNormalizer(remove_diacritics=strip) for strip in (False, True)}
+
+
 @functools.lru_cache(maxsize=1 << 16)
-def normalize(text: str) -> str:
-    """Normalise one English transcript for training targets and WER.
+def normalize(text: str, language: str = "en", strip_diacritics: bool = False) -> str:
+    """Normalise one transcript in ``language`` (Whisper's code: en, es, fr, ...) for training
+    targets and WER; English always loses its diacritics.
 
     Deterministic and idempotent for the texts the tests cover; returns words separated by single
     spaces with no leading or trailing space ("" for text with no words). Cached, because the same
     reference text recurs across accents and noise conditions.
     """
+    if language != "en":
+        # NFC first: a decomposed "é" (e + combining accent) must equal the composed one
+        s = _basic[strip_diacritics](unicodedata.normalize("NFC", text))
+        return " ".join(w for w in s.split() if any(c.isalnum() for c in w))
     s = _CURLY_APOSTROPHE.sub("'", text.lower())
     s = _CLOCK_TIME.sub(r"\1\2", s)
     s = _INITIALISM.sub(lambda m: m.group(0).replace(".", ""), s)
@@ -171,6 +192,8 @@ def normalize(text: str) -> str:
     return " ".join(w for w in s.split() if any(c.isalnum() for c in w))
 
 
-def normalize_batch(texts: Iterable[str]) -> list[str]:
+def normalize_batch(
+    texts: Iterable[str], language: str = "en", strip_diacritics: bool = False
+) -> list[str]:
     """``normalize`` applied to each text, in order."""
-    return [normalize(t) for t in texts]
+    return [normalize(t, language, strip_diacritics) for t in texts]

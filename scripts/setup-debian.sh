@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the Debian packages the offline default needs, and any named as arguments (the tests
-# add chromium, which renders the report), only those that are missing.
+# add chromium, which renders the report, and the Spanish prompts), only those that are missing.
 set -euo pipefail
 packages=(espeak-ng flite sonic-pi-samples asterisk-core-sounds-en-wav asterisk-core-sounds-en
           pocketsphinx-testdata sctk "$@")

@@ -16,7 +16,7 @@ from pipeline import audio
 from pipeline.config import load_recipe
 from pipeline.fsio import read_json
 from pipeline.models import bundled
-from tests.factories import write_subset
+from tests.factories import small_whisper, write_subset
 
 
 @pytest.fixture
@@ -49,23 +49,7 @@ def write_recipe(tmp_path: Path):
 def tiny_whisper_dir(tmp_path_factory):
     """A 2-layer random Whisper with the bundled model's real tokenizer, saved to a folder."""
     src = bundled.bundled_source_dir()
-    config = transformers.WhisperConfig(
-        vocab_size=51864,
-        d_model=32,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=64,
-        decoder_ffn_dim=64,
-        num_mel_bins=80,
-        pad_token_id=50256,
-        bos_token_id=50257,
-        eos_token_id=50256,
-        decoder_start_token_id=50257,
-    )
-    torch.manual_seed(0)
-    model = transformers.WhisperForConditionalGeneration(config)
+    model = small_whisper(bundled.TINY_EN)
     model.generation_config = bundled.generation_config(read_json(src / "config.json"), 448)
     out = tmp_path_factory.mktemp("tiny_whisper")
     model.save_pretrained(out)

@@ -10,10 +10,13 @@ import subprocess
 import numpy as np
 import pandas as pd
 import soundfile as sf
+import torch
+import transformers
 from safetensors.torch import load_file
 
 from pipeline import audio, manifest
 from pipeline.fsio import write_json
+from pipeline.models import bundled
 
 
 def speak(text: str, voice: str = "en-us") -> tuple[np.ndarray, int]:
@@ -119,3 +122,24 @@ def fake_scored_set(root, name, groups, rng, with_wer=True):
         {"id": frame["id"], "loss": rng.uniform(0.5, 3, len(frame)), "wer": wer}
     ).to_parquet(out / "scores.parquet")
     write_json(out / "done.json", {"key": "test"})
+
+
+def small_whisper(spec) -> transformers.WhisperForConditionalGeneration:
+    """A 1-layer random Whisper (seeded) with the vocabulary of the bundled model ``spec``."""
+    config = transformers.WhisperConfig(
+        vocab_size=spec.no_timestamps + 1 + bundled.N_TIMESTAMPS,
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        num_mel_bins=80,
+        pad_token_id=spec.eot,
+        bos_token_id=spec.sot,
+        eos_token_id=spec.eot,
+        decoder_start_token_id=spec.sot,
+    )
+    torch.manual_seed(0)
+    return transformers.WhisperForConditionalGeneration(config)

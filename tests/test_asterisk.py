@@ -1,6 +1,8 @@
 import numpy as np
+import pytest
 
 from pipeline.config import AsteriskSource
+from pipeline.errors import UserError
 from pipeline.prepare.corpora import asterisk
 from pipeline.prepare.corpora.base import Candidate, Limits, Reject, SourceContext, ingest
 
@@ -41,3 +43,29 @@ def test_real_prompt_is_resampled_to_16k(tmp_path):
     assert changes == {"resampled_from": 8000}
     assert np.sqrt(np.mean(wave**2)) > 0.01
     assert row["duration_s"] == len(wave) / 16000 and row["accent"] == "us"
+
+
+def test_prompts_in_spanish_and_french(tmp_path):
+    """Each installed language's prompts, its speaker and accent from Debian's voice folder;
+    the Spanish transcripts are mostly written without diacritics, the French ones keep theirs."""
+    found = {}
+    for language in ("es", "fr"):
+        source = AsteriskSource(kind="asterisk", part="all", language=language)
+        out = list(asterisk.candidates(source, ctx(tmp_path)))
+        found[language] = [c for c in out if isinstance(c, Candidate)]
+        assert len(found[language]) > 150
+    es, fr = found["es"][0], found["fr"][0]
+    assert (es.speaker, es.accent) == ("asterisk-allison", "mx")
+    assert (fr.speaker, fr.accent) == ("asterisk-june", "ca")
+    accented = {
+        k: sum(any(ch in c.text for ch in "áéíóúñèàç") for c in v) for k, v in found.items()
+    }
+    assert accented["es"] < 0.1 * len(found["es"]) and accented["fr"] > 50
+    wave, changes = fr.load(16000)
+    assert changes == {"resampled_from": 8000} and np.abs(wave).max() > 0.01
+
+
+def test_missing_language_names_its_packages(tmp_path):
+    source = AsteriskSource(kind="asterisk", language="zz")
+    with pytest.raises(UserError, match="apt-get install asterisk-core-sounds-zz-wav"):
+        list(asterisk.candidates(source, ctx(tmp_path)))

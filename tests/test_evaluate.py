@@ -68,6 +68,7 @@ def test_evaluate_writes_tables_skips_bad_audio_and_reuses_results(
     groups = pd.DataFrame(result["groups"])
     assert set(groups["noise"]) == {"clean", "white"} and groups["utterances"].sum() == len(cmd) - 1
     assert {"model_fingerprint", "recipe", "code_version", "real_time_factor"} <= set(result)
+    assert result["language"] == "en"
     assert result["peak_rss_mib"] > 100  # torch and the model are resident
     recognitions = pd.read_csv(out / "ast" / "recognitions.tsv", sep="\t")
     assert list(recognitions.columns[:3]) == ["id", "reference", "hypothesis"]

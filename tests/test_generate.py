@@ -2,7 +2,6 @@
 augment source, and their acceptance by one pass of rejection sampling in select."""
 
 import json
-from pathlib import Path
 
 import librosa
 import numpy as np
@@ -12,10 +11,11 @@ import soundfile as sf
 import torch
 
 from pipeline import audio, config, experiment, manifest, prepare, score, text, typed
-from pipeline.config import AsteriskSource, ModelConfig, SelectConfig, load_recipe
+from pipeline.config import ModelConfig, SelectConfig, load_recipe
 from pipeline.errors import RecipeError
 from pipeline.generate import acoustics, pseudo
 from pipeline.models import loader
+from pipeline.prepare.corpora import asterisk
 from pipeline.prepare.corpora import noise as noise_mod
 from pipeline.prepare.corpora.asterisk import read_transcripts, speech_text
 from pipeline.report import doc, plots
@@ -23,8 +23,8 @@ from pipeline.select import generated, sampling
 from pipeline.select import stage as select
 from tests.factories import ACCENTS, NOISES, dummy_row, fake_scored_set, speak
 
-SOUNDS = Path(AsteriskSource.sounds_dir)
-TRANSCRIPTS = AsteriskSource.transcripts
+SOUNDS = asterisk.SOUNDS / "en"
+TRANSCRIPTS = asterisk.DOCS / "asterisk-core-sounds-en" / "core-sounds-en.txt.gz"
 
 SENTENCES = ["turn on the kitchen lights please", "what is the weather like tomorrow in paris"]
 

@@ -81,6 +81,7 @@ def run(recipe: Recipe, model_name: str | None = None, run_name: str | None = No
                 model=cfg.name,
                 model_fingerprint=model_print,
                 layout=layout,
+                language=reader.language,
                 bf16=settings["bf16"],
                 code_version=__version__,
                 recipe=to_dict(recipe),
@@ -99,7 +100,13 @@ def run(recipe: Recipe, model_name: str | None = None, run_name: str | None = No
     write_text(out / "summary.txt", report + "\n")
     write_json(
         out / "wer.json",
-        {"model": cfg.name, "model_fingerprint": model_print, "layout": cfg.layout, "sets": rows},
+        {
+            "model": cfg.name,
+            "model_fingerprint": model_print,
+            "layout": cfg.layout,
+            "language": cfg.language,
+            "sets": rows,
+        },
     )
     print(f"{cfg.name} ({cfg.layout} layout), {out}\n{report}")
     return table
@@ -116,7 +123,8 @@ def evaluate_set(
     joined = packed and recipe.evaluate.packed_split == "references"
     if joined and hasattr(model, "transcribe_joined"):
         by = [c for c in recipe.evaluate.group_by if c in frame.columns]
-        hyps, rejects, audio_s = _decode_joined(model, frame, batch_size, by, out.name)
+        strip = recipe.evaluate.strip_diacritics
+        hyps, rejects, audio_s = _decode_joined(model, frame, batch_size, by, out.name, strip)
     else:
         hyps, rejects, audio_s = _decode(model, frame, batch_size, out.name)
     elapsed = time.perf_counter() - started
@@ -128,8 +136,9 @@ def evaluate_set(
     if scored.empty:
         raise UserError(f"set {out.name}: no utterance could be decoded")
     scored["hypothesis"] = scored["id"].map(hyps)
-    refs = text.normalize_batch(scored["text"])
-    outs = text.normalize_batch(scored["hypothesis"])
+    strip = recipe.evaluate.strip_diacritics
+    refs = text.normalize_batch(scored["text"], model.language, strip)
+    outs = text.normalize_batch(scored["hypothesis"], model.language, strip)
     errors = metrics.utterance_errors(refs, outs, ids=scored["id"].tolist())
     per = pd.concat(
         [scored.reset_index(drop=True), errors.drop(columns="id", errors="ignore")], axis=1
@@ -231,7 +240,9 @@ def _decode(model: SpeechModel, frame: pd.DataFrame, batch_size: int, name: str)
     return hyps, rejects, audio_s
 
 
-def _decode_joined(model, frame: pd.DataFrame, batch_size: int, by: list[str], name: str):
+def _decode_joined(
+    model, frame: pd.DataFrame, batch_size: int, by: list[str], name: str, strip: bool
+):
     """Hypotheses per id from packed windows, each window holding utterances of one group
     and its transcript cut by alignment to their references (normalised text)."""
     hyps, rejects, audio_s, windows = {}, {}, 0.0, []
@@ -239,7 +250,8 @@ def _decode_joined(model, frame: pd.DataFrame, batch_size: int, by: list[str], n
     for rows in groups.values():
         ids, waves = _read(frame, sorted(rows), rejects)
         audio_s += sum(len(w) for w in waves) / audio.SAMPLE_RATE
-        refs = text.normalize_batch(frame.set_index("id").loc[ids, "text"]) if ids else []
+        texts = frame.set_index("id").loc[ids, "text"] if ids else []
+        refs = text.normalize_batch(texts, model.language, strip)
         for window in model.pack(waves) if waves else []:
             windows.append(
                 (window, [ids[k] for k in window.members], [refs[k] for k in window.members])
@@ -249,7 +261,7 @@ def _decode_joined(model, frame: pd.DataFrame, batch_size: int, by: list[str], n
         chunk = windows[lo : lo + batch_size]
         said = model.transcribe_joined([w for w, _, _ in chunk])
         for (_, ids, refs), hyp in zip(chunk, said, strict=True):
-            pieces = metrics.split_by_alignment(refs, text.normalize(hyp))
+            pieces = metrics.split_by_alignment(refs, text.normalize(hyp, model.language, strip))
             hyps.update(zip(ids, pieces, strict=True))
     return hyps, rejects, audio_s
 

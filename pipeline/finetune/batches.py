@@ -193,7 +193,8 @@ class Collator:
         if not items:  # every file unreadable: an empty batch the loop skips
             return {}
         waves = [w for w, _ in items]
-        texts = [text.normalize(t) if self.normalize else t for _, t in items]
+        language = self.model.language
+        texts = [text.normalize(t, language) if self.normalize else t for _, t in items]
         batch = self.model.training_batch(waves, texts, self.layout)
         batch["speech_s"] = torch.tensor(sum(len(w) for w in waves) / SAMPLE_RATE)
         return batch

@@ -113,7 +113,8 @@ def model_card(record: dict) -> str:
     return (
         f"# {record['base_model']} fine-tuned on the {record['subset']!r} subset\n\n"
         f"- recipe: {record['recipe']['name']} (rsft {record['version']})\n"
-        f"- base model: {record['base_model']}\n"
+        f"- base model: {record['base_model']}, language "
+        f"{record['recipe'].get('model', {}).get('language', 'en')}\n"
         f"- subset: {record['subset_utterances']} utterances, "
         f"sha256 {record['subset_sha256'][:16]}\n"
         f"- steps: {record['steps']} ({record['bad_steps']} skipped for NaN/inf loss), "

@@ -82,7 +82,8 @@ def dev_wer(
     for batch in length_batches([len(w) / SAMPLE_RATE for w in waves], batch_size):
         for i, hyp in zip(batch, model.transcribe([waves[i] for i in batch]), strict=True):
             hyps[i] = hyp
-    errors = metrics.utterance_errors(text.normalize_batch(texts), text.normalize_batch(hyps))
+    refs, hyps = (text.normalize_batch(x, model.language) for x in (texts, hyps))
+    errors = metrics.utterance_errors(refs, hyps)
     return metrics.wer(errors)
 
 

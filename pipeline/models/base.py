@@ -45,6 +45,8 @@ class SpeechModel(ABC):
     decoding_revision: int = 1
     # modules a LoRA run trains in full beside its adapters (a CTC head built for new data)
     lora_trains_in_full: tuple[str, ...] = ()
+    # the language spoken (model.language): transcripts are normalised for it
+    language: str = "en"
 
     @abstractmethod
     def transcribe(self, waves: Sequence[np.ndarray]) -> list[str]:

@@ -27,9 +27,7 @@ def load(cfg: ModelConfig, cache_dir: Path) -> SpeechModel:
     if cfg.name.startswith("bundled:"):
         from pipeline.models import bundled
 
-        if cfg.name != bundled.BUNDLED_ID:
-            raise UserError(f"model {cfg.name!r}: unknown bundled model; {OFFLINE_HINT}")
-        model, processor = bundled.load_bundled(cache_dir)
+        model, processor = bundled.load_bundled(cache_dir, name=cfg.name)
     else:
         model, processor = _from_pretrained(cfg.name)
     if cfg.adapter is not None:
@@ -47,9 +45,13 @@ def load(cfg: ModelConfig, cache_dir: Path) -> SpeechModel:
             bf16=resources.native_bf16(model.device) if cfg.bf16 == "auto" else cfg.bf16,
             loop_repeats=cfg.loop_repeats,
             decode_attention=cfg.decode_attention,
+            language=cfg.language,
+            task=cfg.task,
         )
     if hasattr(model, "lm_head"):  # wav2vec2, HuBERT, WavLM, ... with a CTC head
-        return CTC(model, processor, cfg.name)
+        ctc = CTC(model, processor, cfg.name)
+        ctc.language = cfg.language  # its vocabulary is its language: this names it for text
+        return ctc
     raise UserError(f"model {cfg.name!r}: model type {kind!r} is neither Whisper nor CTC")
 
 
@@ -87,6 +89,8 @@ def with_layout(model: SpeechModel, layout: str) -> SpeechModel:
         bf16=model.bf16,
         loop_repeats=model.loop_repeats,
         decode_attention=model.decode_attention,
+        language=model.language,
+        task=model.task,
     )
 
 

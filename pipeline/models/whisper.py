@@ -175,6 +175,8 @@ class Whisper(SpeechModel):
         bf16: bool = False,
         loop_repeats: int = 0,
         decode_attention: str = "sdpa",
+        language: str = "en",
+        task: str = "transcribe",
     ):
         if layout not in LAYOUTS:
             raise ValueError(f"unknown layout {layout!r}")
@@ -190,8 +192,34 @@ class Whisper(SpeechModel):
         self.loop_repeats = loop_repeats  # 0: loops run to the tokens_per_s cap
         self.decode_attention = decode_attention  # 'fp32' or 'sdpa' (ModelConfig)
         gen = model.generation_config
-        self.prefix = [gen.decoder_start_token_id, gen.no_timestamps_token_id]
+        self.language, self.task = language, task
+        self.multilingual = bool(getattr(gen, "is_multilingual", False))
+        # what every transcript starts with, in reading and in training alike
+        self.prefix = [
+            gen.decoder_start_token_id,
+            *self._language_tokens(gen),
+            gen.no_timestamps_token_id,
+        ]
         self.eot = gen.eos_token_id if isinstance(gen.eos_token_id, int) else gen.eos_token_id[0]
+
+    def _language_tokens(self, gen) -> list[int]:
+        """<|language|><|task|> for a multilingual model; an English-only model has none and
+        refuses another language or task."""
+        if not self.multilingual:
+            if self.language != "en" or self.task != "transcribe":
+                raise UserError(
+                    f"model {self.name!r} is English-only: model.language {self.language!r} "
+                    f"and task {self.task!r} need a multilingual Whisper (bundled:whisper-base)"
+                )
+            return []
+        languages = getattr(gen, "lang_to_id", None) or {}
+        token = f"<|{self.language}|>"
+        if token not in languages:
+            known = " ".join(sorted(t.strip("<|>") for t in languages))
+            raise UserError(
+                f"model.language {self.language!r}: not a language of {self.name} ({known})"
+            )
+        return [languages[token], gen.task_to_id[self.task]]
 
     # -- features and context -------------------------------------------------------------
 
@@ -305,6 +333,8 @@ class Whisper(SpeechModel):
         if self.loop_repeats and stop_loops:
             stop = LoopStop(self.loop_repeats, len(self.prefix))
             kwargs["stopping_criteria"] = transformers.StoppingCriteriaList([stop])
+        if self.multilingual:  # generate puts the language and task tokens after the start
+            kwargs = {"language": self.language, "task": self.task} | kwargs
         with (
             _quiet_transformers(),
             self.autocast(),

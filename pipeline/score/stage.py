@@ -110,7 +110,7 @@ def run(recipe: Recipe) -> None:
         )
         if state.is_main_process:
             decoded = labelled and decoder is not None
-            gather(out, key, frames[name] if decoded else None)
+            gather(out, key, frames[name] if decoded else None, recipe.model.language)
         state.wait_for_everyone()
     if wants_pseudo_labels(recipe) and state.is_main_process:
         from pipeline.generate import pseudo
@@ -224,7 +224,7 @@ def score_shard(
     }
 
 
-def gather(out: Path, key: str, frame: pd.DataFrame | None) -> None:
+def gather(out: Path, key: str, frame: pd.DataFrame | None, language: str = "en") -> None:
     """Concatenate the shards into embeddings.npy and scores.parquet (main process).
 
     ``frame`` (the manifest of a labelled, decoded set) gives each hypothesis its WER.
@@ -256,7 +256,8 @@ def gather(out: Path, key: str, frame: pd.DataFrame | None) -> None:
     if frame is not None:
         refs = frame.set_index("id").loc[table["id"], "text"].tolist()
         errors = metrics.utterance_errors(
-            text.normalize_batch(refs), text.normalize_batch(table["hypothesis"].tolist())
+            text.normalize_batch(refs, language),
+            text.normalize_batch(table["hypothesis"].tolist(), language),
         )
         table["wer"] = (errors["errors"] / errors["ref_words"].clip(lower=1)).to_numpy()
     with atomic_path(out / "embeddings.npy") as tmp, open(tmp, "wb") as fh:

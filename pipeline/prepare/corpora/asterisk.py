@@ -1,8 +1,10 @@
-"""Real speech: the English prompts of the Asterisk PBX (Debian asterisk-core-sounds-en*).
+"""Real speech: the prompts of the Asterisk PBX (Debian asterisk-core-sounds-<language>*).
 
-One US female speaker, 8 kHz telephone audio, with transcripts in ``core-sounds-en.txt.gz``
-(``key: text`` lines). Entries that are tones or silence are dropped; the rest are split by
-prompt into a guard part (a dev set that watches for forgetting) and a test part.
+One speaker per language (English: US female; Spanish: Mexican, the same voice talent; French:
+Canadian), 8 kHz telephone audio, with transcripts in ``core-sounds-<language>.txt.gz``
+(``key: text`` lines; most Spanish ones are written without diacritics). Entries that are tones
+or silence are dropped; the rest are split by prompt into a guard part (a dev set that watches
+for forgetting) and a test part.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from pipeline.config import AsteriskSource
 from pipeline.errors import UserError
 from pipeline.prepare.corpora.base import Candidate, Reject, SourceContext, file_candidate, take
 
-SPEAKER = "asterisk-allison"
-ACCENT = "us"
+SOUNDS = Path("/usr/share/asterisk/sounds")
+DOCS = Path("/usr/share/doc")
 _ANNOTATION = re.compile(r"\[[^\]]*\]|<[^>]*>|\([^)]*\)")  # [beep], <beep ascending>, (silence)
 
 
@@ -52,15 +54,30 @@ def candidates(cfg: AsteriskSource, ctx: SourceContext) -> Iterator[Candidate | 
     yield from take(_entries(cfg), cfg.limit)
 
 
+def voice(sounds: Path) -> tuple[str, str]:
+    """Speaker and accent from Debian's voice folder name (``es_MX_f_Allison``: the
+    ``asterisk-allison`` speaker, accent ``mx``); a folder named otherwise is one speaker."""
+    parts = sounds.resolve().name.split("_")
+    if len(parts) == 4:
+        return f"asterisk-{parts[3].lower()}", parts[1].lower()
+    return f"asterisk-{sounds.resolve().name.lower()}", "unknown"
+
+
 def _entries(cfg: AsteriskSource) -> Iterator[Candidate | Reject]:
-    sounds = Path(cfg.sounds_dir)
-    transcripts = Path(cfg.transcripts)
+    lang = cfg.language
+    sounds = Path(cfg.sounds_dir) if cfg.sounds_dir else SOUNDS / lang
+    transcripts = (
+        Path(cfg.transcripts)
+        if cfg.transcripts
+        else DOCS / f"asterisk-core-sounds-{lang}" / f"core-sounds-{lang}.txt.gz"
+    )
     for path, package in (
-        (sounds, "asterisk-core-sounds-en-wav"),
-        (transcripts, "asterisk-core-sounds-en"),
+        (sounds, f"asterisk-core-sounds-{lang}-wav"),
+        (transcripts, f"asterisk-core-sounds-{lang}"),
     ):
         if not path.exists():
             raise UserError(f"asterisk: {path} not found (apt-get install {package})")
+    speaker, accent = voice(sounds)
     for key, raw in sorted(read_transcripts(transcripts).items()):
         if cfg.part != "all" and part_of(key, cfg.guard_fraction) != cfg.part:
             continue
@@ -73,4 +90,4 @@ def _entries(cfg: AsteriskSource) -> Iterator[Candidate | Reject]:
         if not wav.is_file():
             yield Reject(uid, f"audio file missing: {wav}", "asterisk")
             continue
-        yield file_candidate(uid, text, SPEAKER, ACCENT, "asterisk", wav)
+        yield file_candidate(uid, text, speaker, accent, "asterisk", wav)
