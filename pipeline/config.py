@@ -195,6 +195,20 @@ Source = (
 
 
 @dataclass(frozen=True)
+class RoomConfig:
+    """Reverberant copies: each utterance played in a simulated shoebox room before any
+    noise is mixed in (pipeline/prepare/corpora/rooms.py)."""
+
+    rt60_s: tuple[float, float] = (0.3, 0.8)  # reverberation time range, seconds
+    size_m: tuple[float, float] = (3.0, 8.0)  # range of each floor side, metres
+    distance_m: tuple[float, float] = (0.5, 2.5)  # talker to microphone, metres
+    # rooms in the bank, split between regions by prepare.noise_regions like noise recordings
+    rooms: int = ranged(20, ge=1)
+    placements: int = ranged(4, ge=1)  # fixed talker and microphone placements per room
+    region: NoiseRegion = "train"  # which share of the bank the set may draw from
+
+
+@dataclass(frozen=True)
 class SetConfig:
     """One output manifest: data/<recipe>/prepare/manifests/<name>.parquet."""
 
@@ -202,6 +216,7 @@ class SetConfig:
     split: Split
     source: Source
     noise: NoiseConfig | None = None
+    room: RoomConfig | None = None  # reverberation, applied before the noise
 
 
 @dataclass(frozen=True)
@@ -721,6 +736,17 @@ def _check(recipe: Recipe) -> None:
                 raise RecipeError(f"prepare.sets[{i}].{key}.region: {noise.region!r} not defined")
             if noise.types and not noise.snr_db:
                 raise RecipeError(f"prepare.sets[{i}].{key}.snr_db: needed when types are given")
+        if s.room is not None:
+            _check_room(s.room, f"prepare.sets[{i}].room", prep)
+
+
+def _check_room(room: RoomConfig, where: str, prep: PrepareConfig) -> None:
+    if room.region not in prep.noise_regions:
+        raise RecipeError(f"{where}.region: {room.region!r} not defined")
+    for key, low in (("rt60_s", 0.05), ("size_m", 1.0), ("distance_m", 0.1)):
+        lo, hi = getattr(room, key)
+        if not low <= lo <= hi:
+            raise RecipeError(f"{where}.{key}: need {low} <= low <= high, got [{lo}, {hi}]")
 
 
 def _check_name(name: str, where: str) -> None:

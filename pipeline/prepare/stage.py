@@ -43,6 +43,7 @@ from pipeline.prepare.corpora import (
     local,
     noise,
     openslr,
+    rooms,
     synth,
 )
 from pipeline.prepare.corpora.base import (
@@ -163,6 +164,10 @@ def prepare_set(recipe: Recipe, set_cfg: SetConfig) -> tuple[pd.DataFrame, dict[
         clean.append(result)
 
     noise_of = {c.id: c.noise or set_cfg.noise for c in cands}
+    kept = {r["audio_path"] for r in clean}  # the dry audio stays, reused by name on a rerun
+    if set_cfg.room is not None:  # reverberation first: the noise is mixed into the room's sound
+        clean = _reverberant(recipe, set_cfg, clean, audio_dir / "room", rejects)
+        noise_of = {r["id"]: noise_of[r.pop("dry_id")] for r in clean}
     banks = noise_banks(recipe, {t for cfg in noise_of.values() if cfg for t in cfg.types})
     groups: dict[int, list[dict]] = {}  # babble talkers come from rows with the same noise block
     for row in clean:
@@ -194,7 +199,7 @@ def prepare_set(recipe: Recipe, set_cfg: SetConfig) -> tuple[pd.DataFrame, dict[
     frame = frame.sort_values("id", kind="stable").reset_index(drop=True)
     _write_rejects(tree.prepare / "rejects" / f"{set_cfg.name}.tsv", rejects)
     manifest.write(frame, out, root=recipe.root)
-    _remove_stale(audio_dir, set(frame["audio_path"]) | {r["audio_path"] for r in clean})
+    _remove_stale(audio_dir, set(frame["audio_path"]) | {r["audio_path"] for r in clean} | kept)
     reasons = Counter(_reason_kind(r.reason) for r in rejects)
     layout.mark_done(
         stamp_path,
@@ -260,6 +265,28 @@ def _unique(items: Iterable[Candidate | Reject]) -> tuple[list[Candidate], list[
 
 def _ingest_job(args: tuple) -> dict | Reject:
     return ingest(*args)
+
+
+def _reverberant(recipe: Recipe, set_cfg: SetConfig, clean, out_dir: Path, rejects) -> list:
+    """Each clean row as its reverberant copy (an id of its own, ``<id>_room<k>``)."""
+    prep = recipe.prepare
+    jobs = [rooms.plan(r, set_cfg.room, prep, recipe.seed, set_cfg.name, out_dir) for r in clean]
+    made = _map(_reverb_job, [(j, prep.sample_rate) for j in jobs], prep.workers, "room")
+    out = []
+    for row, result in zip(clean, made, strict=True):
+        if isinstance(result, Reject):
+            rejects.append(result)
+        else:
+            out.append({**row, **result, "dry_id": row["id"]})
+    return out
+
+
+def _reverb_job(args: tuple) -> dict | Reject:
+    job, sample_rate = args
+    try:
+        return rooms.make(job, sample_rate)
+    except (rooms.audio.AudioError, ValueError) as err:
+        return Reject(job.id, f"reverberation failed: {err}", "room")
 
 
 def _noisy_job(args: tuple) -> dict | Reject:
