@@ -125,3 +125,30 @@ def test_candidates_from_text_files(tmp_path):
     missing = SynthSource(kind="synth", texts=("/no/such/file",), parts=(SynthPart(1, ("us",)),))
     with pytest.raises(UserError, match="source.texts: no text file or folder at /no/such/file"):
         list(synth.candidates(missing, ctx(tmp_path)))
+
+
+def test_spanish_voices_read_spanish_text(tmp_path):
+    """Other languages' voices read text files in their language, accents and ¿¡ kept."""
+    assert texts.sentences(
+        "¿Dónde está la estación de tren? Cuesta 5 euros. ¡Qué día tan bonito!"
+    ) == [
+        "¿Dónde está la estación de tren?",
+        "¡Qué día tan bonito!",
+    ]
+    lines = ["El niño come una manzana roja.", "¿Dónde está la biblioteca pública?"]
+    (tmp_path / "es.txt").write_text("\n".join(lines), encoding="utf-8")
+    cfg = SynthSource(
+        kind="synth",
+        texts=(str(tmp_path / "es.txt"),),
+        parts=(SynthPart(count=2, voices=("es", "es_latam")),),
+    )
+    found = list(synth.candidates(cfg, ctx(tmp_path)))
+    assert sorted(c.text for c in found) == sorted(lines)
+    assert {c.accent for c in found} == {"es", "es_latam"}
+    assert {c.extra["voice"] for c in found} == {"espeak:es", "espeak:es-419"}
+    wave, _ = found[0].load(16000)
+    assert len(wave) > 16000 and np.abs(wave).max() > 0.05
+    grammar_only = SynthSource(kind="synth", parts=(SynthPart(count=2, voices=("es_latam",)),))
+    with pytest.raises(UserError, match="voices espeak:es-419 need sentences in their language"):
+        list(synth.candidates(grammar_only, ctx(tmp_path)))
+    assert "espeak:es" not in synth.resolve_voices(("all",))  # 'all' is the English voices

@@ -1,4 +1,5 @@
-"""Synthesised voice-assistant commands in several English accents (espeak-ng and flite).
+"""Synthesised speech in several accents (espeak-ng and flite): voice-assistant commands in
+English, and sentences of text files (``source.texts``) in the other languages' voices.
 
 A *speaker* is one voice with one setting of variant, pitch and speed. Speakers, like the
 sentences of the command grammar, are partitioned into train / heldout / dev / test so that
@@ -32,8 +33,22 @@ ACCENT_VOICES: dict[str, tuple[str, ...]] = {
     "west_midlands": ("espeak:en-gb-x-gbcwmd",),
     "caribbean": ("espeak:en-029",),
     "nyc": ("espeak:en-us-nyc",),
+    # other languages (read text files: the command grammar is English)
+    "es": ("espeak:es",),  # Spain
+    "es_latam": ("espeak:es-419",),
+    "fr": ("espeak:fr-fr",),
+    "fr_be": ("espeak:fr-be",),
+    "fr_ch": ("espeak:fr-ch",),
+    "pt": ("espeak:pt",),
+    "pt_br": ("espeak:pt-br",),
+    "it": ("espeak:it",),
+    "ru": ("espeak:ru",),
+    "ru_lv": ("espeak:ru-lv",),
+    "de": ("espeak:de",),
 }
 VOICE_ACCENT = {voice: accent for accent, voices in ACCENT_VOICES.items() for voice in voices}
+# what 'all', 'espeak' and 'flite' stand for: the English voices, which read the commands
+ENGLISH = [v for v in VOICE_ACCENT if v.startswith(("espeak:en", "flite:"))]
 
 ESPEAK_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5")
 ESPEAK_PITCH = (35, 45, 55, 65)  # espeak-ng -p, 0-99
@@ -124,13 +139,14 @@ def speakers_in_split(voice: str, split: str) -> list[Speaker]:
 
 
 def resolve_voices(names: tuple[str, ...]) -> list[str]:
-    """Accent names, engine voice ids, 'espeak', 'flite' or 'all' -> voice ids (ordered)."""
+    """Accent names, engine voice ids, 'espeak', 'flite' or 'all' (English voices) -> voice
+    ids (ordered)."""
     out: list[str] = []
     for name in names:
         if name == "all":
-            found = list(VOICE_ACCENT)
+            found = list(ENGLISH)
         elif name in ("espeak", "flite"):
-            found = [v for v in VOICE_ACCENT if v.startswith(name + ":")]
+            found = [v for v in ENGLISH if v.startswith(name + ":")]
         elif name in ACCENT_VOICES:
             found = list(ACCENT_VOICES[name])
         elif name in VOICE_ACCENT:
@@ -161,6 +177,13 @@ def check_engines(voices: list[str]) -> None:
 def candidates(cfg: SynthSource, ctx: SourceContext) -> Iterator[Candidate]:
     """Commands for every part of a synth set, each with its own sentences and speakers."""
     total = sum(p.count for p in cfg.parts)
+    foreign = [v for p in cfg.parts for v in resolve_voices(p.voices) if v not in ENGLISH]
+    if foreign and not cfg.texts:
+        raise UserError(
+            f"set {ctx.set_name}: voices {', '.join(sorted(set(foreign)))} need sentences in "
+            "their language (source.texts, e.g. /usr/share/games/fortunes/es from fortunes-es): "
+            "the command grammar is English"
+        )
     rng = np.random.default_rng(stable_seed(ctx.seed, ctx.set_name, "sentences"))
     if cfg.texts:
         sentences = _text_sentences(cfg.texts, total, rng, ctx.set_name)

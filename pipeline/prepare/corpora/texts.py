@@ -3,9 +3,10 @@
 A text file holds prose: one or more sentences per line, or fortune-style entries separated
 by lines of ``%`` (Debian's ``fortunes-min``: ``/usr/share/games/fortunes``). Entries are
 joined into single lines, split at sentence ends, and a sentence is kept when a speech
-synthesiser reads it the way it is written: 4 to 20 words of letters and plain punctuation
-(no digits, which a voice reads out while Whisper writes them as figures, no symbols, URLs or
-markup). Quiz labels (``Q:``, ``A:``) and trailing attributions (``-- Author``) are dropped.
+synthesiser reads it the way it is written: 4 to 20 words of letters (of any alphabet: Debian's
+``fortunes-es`` and others) and plain punctuation, Spanish ¿ ¡ and « » included (no digits,
+which a voice reads out while Whisper writes them as figures, no symbols, URLs or markup).
+Quiz labels (``Q:``, ``A:``) and trailing attributions (``-- Author``) are dropped.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from pathlib import Path
 from pipeline.errors import UserError
 
 MIN_WORDS, MAX_WORDS = 4, 20
-_KEEP = re.compile(r"[A-Za-z][A-Za-z ,.'!?;:-]*[.!?]")
+# [^\W\d_] is a letter of any alphabet
+_KEEP = re.compile(r"(?:[¿¡«] ?)?[^\W\d_](?:[^\W\d_]|[ ,.'!?;:¿¡«»-])*[.!?]»?")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _LABEL = re.compile(r"^[QA]:\s+")
 _ATTRIBUTION = re.compile(r"\s+--\s*[^-].*$")
