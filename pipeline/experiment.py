@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 
 from pipeline import evaluate, finetune, layout, report, resources, select
 from pipeline.config import AugmentSource, ModelConfig, Recipe
-from pipeline.fsio import write_json
+from pipeline.fsio import read_json, write_json
 from pipeline.select import generated
 from pipeline.select.generated import GENERATED
 
@@ -111,6 +111,19 @@ def run_all(recipe: Recipe, quick: bool = False) -> dict:
     return run(recipe, quick, timings)
 
 
+def _selected_for(recipe: Recipe) -> bool:
+    """Whether select/summary.json is a draw of every selector this recipe runs, at its
+    budget: make demo's quick select leaves the generated arms out, and a later experiment
+    that trains them must select again (select redraws the rest identically, by seed)."""
+    path = recipe.tree.select / "summary.json"
+    if not path.exists():
+        return False
+    summary = read_json(path)
+    drawn = {row["selector"] for row in summary.get("selectors", [])}
+    wanted = set(select.active_selectors(recipe.select))
+    return summary.get("budget") == recipe.select.budget and wanted <= drawn
+
+
 def record_timings(recipe: Recipe, quick: bool, timings: dict[str, float]) -> None:
     """Print the time of each step and write it to ``report/timings.json``."""
     total = sum(timings.values())
@@ -168,7 +181,7 @@ def run(recipe: Recipe, quick: bool = False, timings: dict[str, float] | None = 
     read_all(eval_recipe, None, "pretrained")  # read as every fine-tuned model is
     timings["evaluate pretrained"] = time.perf_counter() - started
     selected: set[tuple[int, int]] = set()
-    if (tree.select / "summary.json").exists():  # make select ran already
+    if _selected_for(recipe):  # make select ran already, for these selectors
         selected.add((recipe.seed, recipe.select.budget))
     baseline_sets = recipe.experiment.quick_baseline_sets if quick else ()
     if baseline_sets:

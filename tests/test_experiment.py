@@ -39,6 +39,24 @@ def test_plan_names_runs_as_the_report_reads_them(write_recipe):
     assert arm.subset(recipe) == "variants/k100-s1/rsft"
 
 
+def test_a_select_without_the_arms_selectors_is_run_again(write_recipe):
+    """make demo's quick select draws no generated arm: a later experiment selects again."""
+    recipe = load_recipe(
+        write_recipe({"select": {"budget": 50, "selectors": ["rsft", "random", "oracle"]}})
+    )
+    path = recipe.tree.select / "summary.json"
+    assert not experiment._selected_for(recipe)
+    path.parent.mkdir(parents=True)
+    rows = [{"selector": "rsft"}, {"selector": "random"}]
+    path.write_text(json.dumps({"budget": 50, "selectors": rows}))
+    assert not experiment._selected_for(recipe)  # oracle missing
+    rows.append({"selector": "oracle", "skipped": "no target sample"})
+    path.write_text(json.dumps({"budget": 50, "selectors": rows}))
+    assert experiment._selected_for(recipe)  # a logged skip is a draw that was tried
+    path.write_text(json.dumps({"budget": 60, "selectors": rows}))
+    assert not experiment._selected_for(recipe)
+
+
 def test_systems_read_packed_get_the_gaps_they_were_trained_with(write_recipe):
     def model(settings):
         packed = {"experiment": {"eval_layout": "packed"} | settings.pop("experiment", {})}

@@ -2,6 +2,6 @@
 the baselines at the same budget, and their plots."""
 
 from pipeline.select.generated import GENERATED
-from pipeline.select.stage import run
+from pipeline.select.stage import active_selectors, run
 
-__all__ = ["GENERATED", "run"]
+__all__ = ["GENERATED", "active_selectors", "run"]
