@@ -43,12 +43,27 @@ class NoiseConfig:
 
 
 @dataclass(frozen=True)
+class RoomConfig:
+    """Reverberant copies: each utterance played in a simulated shoebox room before any
+    noise is mixed in (pipeline/prepare/corpora/rooms.py)."""
+
+    rt60_s: tuple[float, float] = (0.3, 0.8)  # reverberation time range, seconds
+    size_m: tuple[float, float] = (3.0, 8.0)  # range of each floor side, metres
+    distance_m: tuple[float, float] = (0.5, 2.5)  # talker to microphone, metres
+    # rooms in the bank, split between regions by prepare.noise_regions like noise recordings
+    rooms: int = ranged(20, ge=1)
+    placements: int = ranged(4, ge=1)  # fixed talker and microphone placements per room
+    region: NoiseRegion = "train"  # which share of the bank the set may draw from
+
+
+@dataclass(frozen=True)
 class SynthPart:
     """A slice of a synthesised set: how many commands, in which voices, in which noise."""
 
     count: int = ranged(ge=1)
     voices: tuple[str, ...]  # accent names (see corpora.voices) or engine voice ids
     noise: NoiseConfig | None = None  # overrides the set's noise block
+    room: RoomConfig | None = None  # overrides the set's room block
 
 
 @dataclass(frozen=True)
@@ -61,7 +76,8 @@ class SynthSource:
     speaker_split: Literal["train", "heldout", "dev", "test"] = "train"
     # sentences from text files or folders instead of the grammar (pipeline/corpora/texts.py):
     # speech outside the commands' 25 intents, e.g. Debian's fortunes-min,
-    # /usr/share/games/fortunes; text_split is then unused
+    # /usr/share/games/fortunes, or another language's (fortunes-es); text_split then takes
+    # a fixed hash share of the sentences (train 70%, heldout, dev and test 10% each)
     texts: tuple[str, ...] = ()
 
 
@@ -192,20 +208,6 @@ Source = (
     | L2ArcticSource
     | AugmentSource
 )
-
-
-@dataclass(frozen=True)
-class RoomConfig:
-    """Reverberant copies: each utterance played in a simulated shoebox room before any
-    noise is mixed in (pipeline/prepare/corpora/rooms.py)."""
-
-    rt60_s: tuple[float, float] = (0.3, 0.8)  # reverberation time range, seconds
-    size_m: tuple[float, float] = (3.0, 8.0)  # range of each floor side, metres
-    distance_m: tuple[float, float] = (0.5, 2.5)  # talker to microphone, metres
-    # rooms in the bank, split between regions by prepare.noise_regions like noise recordings
-    rooms: int = ranged(20, ge=1)
-    placements: int = ranged(4, ge=1)  # fixed talker and microphone placements per room
-    region: NoiseRegion = "train"  # which share of the bank the set may draw from
 
 
 @dataclass(frozen=True)
@@ -736,8 +738,12 @@ def _check(recipe: Recipe) -> None:
                 raise RecipeError(f"prepare.sets[{i}].{key}.region: {noise.region!r} not defined")
             if noise.types and not noise.snr_db:
                 raise RecipeError(f"prepare.sets[{i}].{key}.snr_db: needed when types are given")
-        if s.room is not None:
-            _check_room(s.room, f"prepare.sets[{i}].room", prep)
+        rooms = [("room", s.room)]
+        if isinstance(s.source, SynthSource):
+            rooms += [(f"source.parts[{j}].room", p.room) for j, p in enumerate(s.source.parts)]
+        for key, room in rooms:
+            if room is not None:
+                _check_room(room, f"prepare.sets[{i}].{key}", prep)
 
 
 def _check_room(room: RoomConfig, where: str, prep: PrepareConfig) -> None:

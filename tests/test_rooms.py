@@ -122,6 +122,33 @@ def test_prepare_puts_rooms_before_noise(write_recipe, tmp_path):
     assert recipe.tree.manifest("train").stat().st_mtime_ns == stamp
 
 
+def test_a_synth_part_can_have_a_room_of_its_own(write_recipe):
+    data = {
+        "prepare": {
+            "workers": 1,
+            "sets": [
+                {
+                    "name": "pool",
+                    "split": "pool",
+                    "source": {
+                        "kind": "synth",
+                        "parts": [
+                            {"count": 3, "voices": ["us"]},
+                            {"count": 3, "voices": ["gb"], "room": {"rooms": 5, "placements": 1}},
+                        ],
+                    },
+                }
+            ],
+        }
+    }
+    recipe = load_recipe(write_recipe(data))
+    prepare.run(recipe)
+    pool = manifest.read(recipe.tree.manifest("pool"))
+    wet = pool["id"].str.contains("_room")
+    assert wet.sum() == 3 and set(pool.loc[wet, "accent"]) == {"gb"}
+    assert pool.loc[~wet, "room"].isna().all() and pool.loc[wet, "rt60_s"].notna().all()
+
+
 def test_room_settings_are_checked(write_recipe):
     bad = {"prepare": {"sets": [{**ROOMED["prepare"]["sets"][0], "room": {"rt60_s": [0.9, 0.3]}}]}}
     with pytest.raises(RecipeError, match=r"room.rt60_s: need"):

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -107,7 +109,8 @@ def test_candidates_from_text_files(tmp_path):
     folder.mkdir()
     (folder / "a").write_text(FORTUNES)
     (folder / "a.dat").write_bytes(b"\x00\x01 binary index")
-    lines = [f"The {w} cat sat on the {w} mat today." for w in ("red", "blue", "green", "grey")]
+    colours = ("red", "blue", "green", "grey", "pink", "brown", "black", "white", "gold", "tan")
+    lines = [f"The {w} cat sat on the {v} mat today." for w in colours for v in colours]
     (tmp_path / "b.txt").write_text("\n".join(lines))
     cfg = SynthSource(
         kind="synth",
@@ -119,8 +122,18 @@ def test_candidates_from_text_files(tmp_path):
     assert {c.extra["intent"] for c in first} == {"text"}
     assert [c.text for c in synth.candidates(cfg, ctx(tmp_path))] == [c.text for c in first]
     assert {c.accent for c in first} == {"us", "gb"}
-    too_many = SynthSource(kind="synth", texts=cfg.texts, parts=(SynthPart(8, ("us",)),))
-    with pytest.raises(UserError, match="hold 7 usable sentences, 8 asked for"):
+    # text_split deals the sentences into disjoint shares, as the grammar's splits are
+    every = texts.file_sentences(cfg.texts, "t")
+    shares = {split: texts.in_split(every, split) for split in ("train", "heldout", "dev", "test")}
+    assert sum(len(v) for v in shares.values()) == len(every) == 103
+    assert len(set().union(*shares.values())) == len(every)
+    assert 55 <= len(shares["train"]) <= 85 and all(len(v) >= 3 for v in shares.values())
+    assert {c.text for c in first} <= set(shares["train"])
+    test_cfg = replace(cfg, text_split="test", parts=(SynthPart(3, ("us",)),))
+    assert {c.text for c in synth.candidates(test_cfg, ctx(tmp_path))} <= set(shares["test"])
+    n = len(shares["test"])
+    too_many = replace(test_cfg, parts=(SynthPart(n + 1, ("us",)),))
+    with pytest.raises(UserError, match=f"hold {n} usable sentences in the 'test' share"):
         list(synth.candidates(too_many, ctx(tmp_path)))
     missing = SynthSource(kind="synth", texts=("/no/such/file",), parts=(SynthPart(1, ("us",)),))
     with pytest.raises(UserError, match="source.texts: no text file or folder at /no/such/file"):
@@ -135,7 +148,9 @@ def test_spanish_voices_read_spanish_text(tmp_path):
         "¿Dónde está la estación de tren?",
         "¡Qué día tan bonito!",
     ]
-    lines = ["El niño come una manzana roja.", "¿Dónde está la biblioteca pública?"]
+    things = ("manzana", "pera", "naranja", "piña", "uva", "cereza")
+    lines = [f"El niño {v} una {t} muy rica." for v in ("come", "compra", "pide") for t in things]
+    lines += [f"¿Dónde está la {t} pública?" for t in ("biblioteca", "piscina", "plaza")]
     (tmp_path / "es.txt").write_text("\n".join(lines), encoding="utf-8")
     cfg = SynthSource(
         kind="synth",
@@ -143,7 +158,7 @@ def test_spanish_voices_read_spanish_text(tmp_path):
         parts=(SynthPart(count=2, voices=("es", "es_latam")),),
     )
     found = list(synth.candidates(cfg, ctx(tmp_path)))
-    assert sorted(c.text for c in found) == sorted(lines)
+    assert len({c.text for c in found}) == 2 and {c.text for c in found} <= set(lines)
     assert {c.accent for c in found} == {"es", "es_latam"}
     assert {c.extra["voice"] for c in found} == {"espeak:es", "espeak:es-419"}
     wave, _ = found[0].load(16000)

@@ -165,9 +165,10 @@ def prepare_set(recipe: Recipe, set_cfg: SetConfig) -> tuple[pd.DataFrame, dict[
 
     noise_of = {c.id: c.noise or set_cfg.noise for c in cands}
     kept = {r["audio_path"] for r in clean}  # the dry audio stays, reused by name on a rerun
-    if set_cfg.room is not None:  # reverberation first: the noise is mixed into the room's sound
-        clean = _reverberant(recipe, set_cfg, clean, audio_dir / "room", rejects)
-        noise_of = {r["id"]: noise_of[r.pop("dry_id")] for r in clean}
+    room_of = {c.id: c.room or set_cfg.room for c in cands}
+    if any(room_of.values()):  # reverberation first: the noise is mixed into the room's sound
+        clean = _reverberant(recipe, set_cfg.name, clean, room_of, audio_dir / "room", rejects)
+        noise_of = {r["id"]: noise_of[r.pop("dry_id", r["id"])] for r in clean}
     banks = noise_banks(recipe, {t for cfg in noise_of.values() if cfg for t in cfg.types})
     groups: dict[int, list[dict]] = {}  # babble talkers come from rows with the same noise block
     for row in clean:
@@ -267,15 +268,21 @@ def _ingest_job(args: tuple) -> dict | Reject:
     return ingest(*args)
 
 
-def _reverberant(recipe: Recipe, set_cfg: SetConfig, clean, out_dir: Path, rejects) -> list:
-    """Each clean row as its reverberant copy (an id of its own, ``<id>_room<k>``)."""
+def _reverberant(recipe: Recipe, set_name: str, clean, room_of, out_dir: Path, rejects) -> list:
+    """Each clean row with a room as its reverberant copy (an id of its own,
+    ``<id>_room<k>``); rows without one stay dry."""
     prep = recipe.prepare
-    jobs = [rooms.plan(r, set_cfg.room, prep, recipe.seed, set_cfg.name, out_dir) for r in clean]
+    wet = [r for r in clean if room_of[r["id"]] is not None]
+    jobs = [rooms.plan(r, room_of[r["id"]], prep, recipe.seed, set_name, out_dir) for r in wet]
     made = _map(_reverb_job, [(j, prep.sample_rate) for j in jobs], prep.workers, "room")
+    results = dict(zip((r["id"] for r in wet), made, strict=True))
     out = []
-    for row, result in zip(clean, made, strict=True):
+    for row in clean:
+        result = results.get(row["id"])
         if isinstance(result, Reject):
             rejects.append(result)
+        elif result is None:
+            out.append(row)
         else:
             out.append({**row, **result, "dry_id": row["id"]})
     return out

@@ -52,6 +52,7 @@ class Candidate:
     path: str | None = None  # original file, if any (may be used in place)
     extra: dict = field(default_factory=dict)  # extra manifest columns (e.g. 'voice')
     noise: object | None = None  # a NoiseConfig that overrides the set's (synth parts)
+    room: object | None = None  # a RoomConfig that overrides the set's (synth parts)
 
 
 @dataclass(frozen=True)

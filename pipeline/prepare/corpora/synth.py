@@ -186,7 +186,7 @@ def candidates(cfg: SynthSource, ctx: SourceContext) -> Iterator[Candidate]:
         )
     rng = np.random.default_rng(stable_seed(ctx.seed, ctx.set_name, "sentences"))
     if cfg.texts:
-        sentences = _text_sentences(cfg.texts, total, rng, ctx.set_name)
+        sentences = _text_sentences(cfg.texts, cfg.text_split, total, rng, ctx.set_name)
     else:
         try:
             sentences = grammar.sample(cfg.text_split, total, rng)
@@ -199,12 +199,14 @@ def candidates(cfg: SynthSource, ctx: SourceContext) -> Iterator[Candidate]:
         yield from _part(part, index, chunk, cfg.speaker_split, ctx)
 
 
-def _text_sentences(paths: tuple[str, ...], total: int, rng, set_name: str) -> list:
-    """``total`` distinct sentences of the text files, drawn by the set's seed ("text" intent)."""
-    found = texts.file_sentences(paths, f"set {set_name}: source.texts")
+def _text_sentences(paths: tuple[str, ...], split: str, total: int, rng, set_name: str) -> list:
+    """``total`` distinct sentences of the text files' ``split`` share, drawn by the set's
+    seed ("text" intent): sets of different splits share no sentence."""
+    found = texts.in_split(texts.file_sentences(paths, f"set {set_name}: source.texts"), split)
     if total > len(found):
         raise UserError(
-            f"set {set_name}: source.texts hold {len(found)} usable sentences, {total} asked for"
+            f"set {set_name}: source.texts hold {len(found)} usable sentences in the "
+            f"{split!r} share, {total} asked for"
         )
     return [("text", found[i]) for i in rng.choice(len(found), size=total, replace=False)]
 
@@ -235,4 +237,5 @@ def _part(part: SynthPart, index: int, sentences: list, speaker_split: str, ctx:
             load=functools.partial(render, command),
             extra={"voice": speaker.voice, "intent": intent},
             noise=part.noise,
+            room=part.room,
         )

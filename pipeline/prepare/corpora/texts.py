@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 
 from pipeline.errors import UserError
+from pipeline.fsio import stable_seed
 
 MIN_WORDS, MAX_WORDS = 4, 20
 # [^\W\d_] is a letter of any alphabet
@@ -60,13 +61,31 @@ def sentences(text: str) -> list[str]:
     return list(kept)
 
 
+# each sentence's share, by a stable hash of its text: the grammar's partition for prose
+SPLIT_SHARES = (("train", 0.7), ("heldout", 0.1), ("dev", 0.1), ("test", 0.1))
+
+
+def in_split(found: list[str], split: str) -> list[str]:
+    """The sentences of ``found`` whose hash bucket falls in ``split``'s share (in order)."""
+    lo = 0.0
+    for name, share in SPLIT_SHARES:
+        if name == split:
+            break
+        lo += share
+    else:
+        raise UserError(f"text split {split!r}: not one of {[n for n, _ in SPLIT_SHARES]}")
+    hi = lo + share
+    return [s for s in found if lo <= stable_seed("text split", s) / 16**15 < hi]
+
+
 def file_sentences(paths: tuple[str, ...], where: str) -> list[str]:
     """Every speakable sentence of the listed files (a folder: its files, sorted)."""
     found: dict[str, None] = {}
     for name in paths:
         path = Path(name)
         if not path.exists():
-            raise UserError(f"{where}: no text file or folder at {path}")
+            hint = " (apt-get install fortunes-<language>)" if "fortunes" in str(path) else ""
+            raise UserError(f"{where}: no text file or folder at {path}{hint}")
         files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
         for file in files:
             if file.suffix == ".dat":  # fortune's index files
