@@ -187,3 +187,34 @@ def test_l2arctic(tmp_path):
     )
     assert not set(test["speaker"]) & (set(pool["speaker"]) | set(target["speaker"]))
     assert test["audio_path"].str.endswith(".flac").all()  # 44.1 kHz resampled to 16 kHz
+
+
+def test_spanish_latam_prepares_in_miniature(tmp_path):
+    """The Spanish recipe as written, every set cut to a few utterances: Spanish text in the
+    two voices, the target condition in a room and noise, real es-MX prompts clean and in
+    the target condition, test rooms apart from the pool's."""
+    counts = {"pool": [4, 2, 2, 2, 3], "target": [3], "dev_target": [2], "test_target": [3]}
+    overrides = [
+        f"prepare.sets.{name}.source.parts.{i}.count={n}"
+        for name, ns in counts.items()
+        for i, n in enumerate(ns)
+    ]
+    overrides += [f"prepare.sets.{s}.source.limit=4" for s in ("asterisk_guard", "asterisk_test")]
+    overrides += ["prepare.sets.asterisk_target.source.limit=4"]
+    recipe = load_recipe("recipes/spanish_latam.yaml")
+    assert (recipe.model.name, recipe.model.language) == ("bundled:whisper-base", "es")
+    assert recipe.evaluate.strip_diacritics
+    sets = prepare_recipe("spanish_latam", tmp_path, overrides)
+    pool = sets["pool"]
+    assert len(pool) == 13 and set(pool["accent"]) == {"es", "es_latam"}
+    assert pool["text"].str.contains(r"[áéíóúñ¿¡]").any()  # fortunes-es, accents kept
+    in_target = pool["id"].str.startswith("pool-p4-")
+    assert pool.loc[in_target, "room"].notna().all() and pool.loc[in_target, "rt60_s"].ge(0.5).all()
+    assert set(pool.loc[in_target, "noise"]) <= {"babble", "3d_printer"}
+    for name in ("target", "test_target", "asterisk_target"):
+        frame = sets[name]
+        assert frame["room"].notna().all() and set(frame["snr_db"]) <= {10.0, 5.0}, name
+    assert set(sets["test_target"]["room"]).isdisjoint(pool["room"].dropna())
+    assert set(sets["asterisk_test"]["accent"]) == {"mx"} and "room" not in sets["asterisk_test"]
+    texts = {name: set(frame["text"]) for name, frame in sets.items() if name != "pool"}
+    assert not set(pool["text"]) & (texts["target"] | texts["dev_target"] | texts["test_target"])
