@@ -67,6 +67,13 @@ def _personalise(args: argparse.Namespace) -> None:
     personal.run(args.recipe, args.recordings, args.user, args.set)
 
 
+def _export(args: argparse.Namespace) -> None:
+    from pipeline import export
+
+    recipe = load_recipe(args.recipe, args.set)
+    export.run(recipe, args.run, args.quantization, args.out, args.adapter)
+
+
 def _compare(args: argparse.Namespace) -> None:
     from pipeline import evaluate
 
@@ -192,6 +199,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(mine)
     mine.set_defaults(func=_personalise)
+    help_text = "a fine-tuned Whisper as a CTranslate2 folder that faster-whisper loads"
+    out = sub.add_parser("export", help=help_text, description=help_text)
+    out.add_argument("recipe", help="the recipe that trained the run, e.g. recipes/demo.yaml")
+    out.add_argument("run", help="a run name (finetune/RUN/model), 'pretrained', or a model folder")
+    out.add_argument("--format", choices=["ct2"], default="ct2", help="output format (ct2)")
+    out.add_argument(
+        "--quantization",
+        default="int8",
+        help="CTranslate2 weight type: int8 (default), int8_bfloat16, float16, float32, ...",
+    )
+    out.add_argument("--out", type=Path, help="output folder (default: data/<recipe>/export/)")
+    out.add_argument("--adapter", help="a user's LoRA adapter folder, merged before export")
+    out.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override"
+    )
+    _common(out)
+    out.set_defaults(func=_export)
     compare = sub.add_parser(
         "compare",
         help="paired bootstrap of WER between two evaluate runs",

@@ -12,6 +12,7 @@ the completion stamp, and the registry of selectors.
     <root>/finetune/<run>/model/               finetune: the saved model of a run
     <root>/evaluate/<run>/<set>/               evaluate: one run's reading of a test set
     <root>/report/                             report
+    <root>/export/<run>-ct2-<quantization>/    rsft export: a model for CTranslate2
     <root>/models/                             bundled models converted for transformers
 
 Every path under the root that a stage stores in a file is relative to the file's folder, so
@@ -112,6 +113,10 @@ class DataTree:
     def selection(self, variant: str | None = None) -> Path:
         """The folder select writes: the recipe's own draw, or a variant's (``variant``)."""
         return self.select / "variants" / check_name(variant, "variant") if variant else self.select
+
+    def export(self, name: str) -> Path:
+        """An exported model's folder (rsft export)."""
+        return self.root / "export" / check_name(name, "export")
 
     def weights(self, variant: str | None = None) -> Path:
         """Every pool row's selection weights, for other toolkits (docs/weights.md)."""

@@ -47,6 +47,8 @@ class SpeechModel(ABC):
     lora_trains_in_full: tuple[str, ...] = ()
     # the language spoken (model.language): transcripts are normalised for it
     language: str = "en"
+    # CTranslate2's converter takes the model (rsft export): Whisper's
+    exports_to_ct2: bool = False
 
     @abstractmethod
     def transcribe(self, waves: Sequence[np.ndarray]) -> list[str]:

@@ -162,6 +162,7 @@ class Window:
 
 class Whisper(SpeechModel):
     decoding_revision = 2  # 2: packed windows decode on past a loop, every loop cut to one copy
+    exports_to_ct2 = True
 
     def __init__(
         self,
