@@ -59,6 +59,8 @@ def run(
     source = model_folder(recipe, run_name)
     name = run_name if not Path(run_name).is_dir() else Path(run_name).name
     out = Path(out) if out else recipe.tree.export(f"{name}-ct2-{quantization}")
+    if out.exists() and any(out.iterdir()) and not (out / "export.json").is_file():
+        raise UserError(f"--out {out}: not empty and not an earlier export; name a new folder")
     model = loader.load(
         replace(recipe.model, name=str(source), adapter=adapter), recipe.tree.models
     )
@@ -86,8 +88,8 @@ def run(
             "prefix": model.prefix,
         }
         write_json(converted / "export.json", record)
-        if out.exists():
-            shutil.rmtree(out)
+        if out.exists():  # an earlier export: set aside, then replaced in one rename
+            out.rename(staging / "old")
         converted.rename(out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

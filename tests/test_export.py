@@ -8,7 +8,7 @@ import jiwer
 import numpy as np
 import pytest
 
-from pipeline import text
+from pipeline import export, text
 from pipeline.cli import main
 from pipeline.config import load_recipe
 from pipeline.errors import UserError
@@ -77,10 +77,17 @@ def test_exported_model_reads_real_speech_as_transformers_does(
     assert same_reading >= 0.9 * len(refs)
 
 
-def test_export_refuses_what_it_cannot_export(write_recipe, tmp_path):
+def test_export_refuses_what_it_cannot_export(write_recipe, tmp_path, capsys):
     recipe = load_recipe(write_recipe({}))
     with pytest.raises(UserError, match="no model for run 'nope'"):
         model_folder(recipe, "nope")
     assert model_folder(recipe, str(tmp_path)) == tmp_path
     with pytest.raises(SystemExit):
         main(["export", str(tmp_path / "recipe.yaml"), "pretrained", "--quantization", "int3"])
+    assert "--quantization 'int3': one of int8" in capsys.readouterr().err
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(UserError, match="not empty and not an earlier export"):
+        export.run(recipe, "pretrained", out=mine)
+    assert (mine / "notes.txt").read_text() == "keep me"

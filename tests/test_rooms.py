@@ -113,7 +113,7 @@ def test_prepare_puts_rooms_before_noise(write_recipe, tmp_path):
     train = manifest.read(recipe.tree.manifest("train"))
     test = manifest.read(recipe.tree.manifest("test"))
     assert len(train) == 4 and len(test) == 4
-    assert train["id"].str.contains(r"_room\d\d_white_10dB$").all()  # the room, then the noise
+    assert train["id"].str.contains(r"_room[0-9a-f]{4}-\d\d_white_10dB$").all()  # room, then noise
     assert set(train["noise"]) == {"white"} and set(test["noise"]) == {"clean"}
     assert set(train["room"]).isdisjoint(set(test["room"]))
     assert train["rt60_s"].between(0.3, 0.5).all()

@@ -15,6 +15,7 @@ import hashlib
 import importlib
 import logging
 import math
+import os
 import re
 import shutil
 import struct
@@ -483,8 +484,9 @@ def ct2_folder(spec: Bundled, cache_dir: str | Path) -> Path:
         if (parts[0].parent / name).is_file():
             shutil.copyfile(parts[0].parent / name, out / name)
     digest = hashlib.sha256()
-    tmp = model_bin.with_name(".model.bin.tmp")
-    with tmp.open("wb") as fh:
+    handle, name = tempfile.mkstemp(prefix=".model.bin.", dir=out)
+    tmp = Path(name)
+    with os.fdopen(handle, "wb") as fh:
         for part in parts:
             data = part.read_bytes()
             digest.update(data)

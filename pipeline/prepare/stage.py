@@ -170,16 +170,17 @@ def prepare_set(recipe: Recipe, set_cfg: SetConfig) -> tuple[pd.DataFrame, dict[
         clean = _reverberant(recipe, set_cfg.name, clean, room_of, audio_dir / "room", rejects)
         noise_of = {r["id"]: noise_of[r.pop("dry_id", r["id"])] for r in clean}
     banks = noise_banks(recipe, {t for cfg in noise_of.values() if cfg for t in cfg.types})
-    groups: dict[int, list[dict]] = {}  # babble talkers come from rows with the same noise block
+    # babble talkers come from rows with the same noise block, in a room or dry as the row is
+    groups: dict[tuple[int, bool], list[dict]] = {}
     for row in clean:
-        groups.setdefault(id(noise_of[row["id"]]), []).append(row)
+        groups.setdefault((id(noise_of[row["id"]]), "room" in row), []).append(row)
     rows, noisy_jobs = [], []
     for row in clean:
         cfg = noise_of[row["id"]]
         if cfg is None or not cfg.types or cfg.keep_clean:
             rows.append(row)
         if cfg is not None and cfg.types:
-            others = groups[id(cfg)]
+            others = groups[(id(cfg), "room" in row)]
             for job in noise.plan(
                 row, cfg, prep, recipe.seed, set_cfg.name, others, audio_dir / "noisy", banks
             ):

@@ -54,18 +54,26 @@ def candidates(cfg: AsteriskSource, ctx: SourceContext) -> Iterator[Candidate | 
     yield from take(_entries(cfg), cfg.limit)
 
 
-def voice(sounds: Path) -> tuple[str, str]:
+# Debian's English voice, named as the English prompts always were (the alternatives link
+# /usr/share/asterisk/sounds/en points at it)
+VOICE_FOLDERS = {"en": "en_US_f_Allison"}
+
+
+def voice(sounds: Path, language: str) -> tuple[str, str]:
     """Speaker and accent from Debian's voice folder name (``es_MX_f_Allison``: the
-    ``asterisk-allison`` speaker, accent ``mx``); a folder named otherwise is one speaker."""
+    ``asterisk-allison`` speaker, accent ``mx``); a folder named otherwise is one speaker
+    (English: the US prompts' speaker and accent)."""
     parts = sounds.resolve().name.split("_")
     if len(parts) == 4:
         return f"asterisk-{parts[3].lower()}", parts[1].lower()
+    if language == "en":
+        return "asterisk-allison", "us"
     return f"asterisk-{sounds.resolve().name.lower()}", "unknown"
 
 
 def _entries(cfg: AsteriskSource) -> Iterator[Candidate | Reject]:
     lang = cfg.language
-    sounds = Path(cfg.sounds_dir) if cfg.sounds_dir else SOUNDS / lang
+    sounds = Path(cfg.sounds_dir) if cfg.sounds_dir else SOUNDS / VOICE_FOLDERS.get(lang, lang)
     transcripts = (
         Path(cfg.transcripts)
         if cfg.transcripts
@@ -77,7 +85,7 @@ def _entries(cfg: AsteriskSource) -> Iterator[Candidate | Reject]:
     ):
         if not path.exists():
             raise UserError(f"asterisk: {path} not found (apt-get install {package})")
-    speaker, accent = voice(sounds)
+    speaker, accent = voice(sounds, lang)
     for key, raw in sorted(read_transcripts(transcripts).items()):
         if cfg.part != "all" and part_of(key, cfg.guard_fraction) != cfg.part:
             continue

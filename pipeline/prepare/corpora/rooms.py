@@ -34,7 +34,7 @@ WALL_GAP_M = 0.3  # sources and microphones keep this far from every wall
 
 @dataclass(frozen=True)
 class Room:
-    name: str  # room<k> in the bank, as written to the manifest
+    name: str  # room<bank>-<k>, as written to the manifest
     size_m: tuple[float, float, float]
     rt60_s: float
     placements: tuple[tuple[tuple[float, ...], tuple[float, ...]], ...]  # (source, mic)
@@ -52,13 +52,16 @@ class ReverbJob:
 def bank(cfg: RoomConfig) -> tuple[Room, ...]:
     """The rooms drawn from ``cfg``'s ranges (its region aside): a pure function of them."""
     ranges = (cfg.size_m, cfg.rt60_s, cfg.distance_m, cfg.rooms, cfg.placements)
-    rng = np.random.default_rng(stable_seed("rooms", *ranges))
+    seed = stable_seed("rooms", *ranges)
+    rng = np.random.default_rng(seed)
+    bank_name = f"{seed % 16**4:04x}"  # rooms of different banks never share a name
     rooms = []
     for k in range(cfg.rooms):
         length, width = (float(rng.uniform(*cfg.size_m)) for _ in range(2))
         size = (length, width, float(rng.uniform(*HEIGHT_M)))
         placements = tuple(_placement(size, cfg.distance_m, rng) for _ in range(cfg.placements))
-        rooms.append(Room(f"room{k:02d}", size, float(rng.uniform(*cfg.rt60_s)), placements))
+        name = f"room{bank_name}-{k:02d}"
+        rooms.append(Room(name, size, float(rng.uniform(*cfg.rt60_s)), placements))
     return tuple(rooms)
 
 
