@@ -80,6 +80,10 @@ def test_evaluate_writes_tables_skips_bad_audio_and_reuses_results(
     wider = replace(prepared, model=replace(prepared.model, pack_gap_s=0.4))
     evaluate.run(wider, str(tiny_whisper_dir), "tiny")
     assert (out / "ast" / "wer.json").stat().st_mtime_ns == stamp
+    # reading one set alone does not read it again: the other sets are not in its key
+    alone = replace(prepared, evaluate=replace(prepared.evaluate, sets=("ast",)))
+    evaluate.run(alone, str(tiny_whisper_dir), "tiny")
+    assert (out / "ast" / "wer.json").stat().st_mtime_ns == stamp
     monkeypatch.setattr(Whisper, "decoding_revision", Whisper.decoding_revision + 1)
     evaluate.run(prepared, str(tiny_whisper_dir), "tiny")  # decoding changed: decoded again
     assert (out / "ast" / "wer.json").stat().st_mtime_ns != stamp

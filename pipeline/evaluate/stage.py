@@ -51,7 +51,8 @@ def run(recipe: Recipe, model_name: str | None = None, run_name: str | None = No
     model = loader.load(cfg, recipe.tree.models)
     model_print = model.fingerprint()
     rows = []
-    skip = ("set_layouts", "token_nll")  # a set's own layout is in its key; NLL in its own
+    # a set's own layout is in its key; NLL in its own; which other sets are read is not
+    skip = ("set_layouts", "token_nll", "sets")
     scoring = {k: v for k, v in to_dict(recipe.evaluate).items() if k not in skip}
     for name, path in paths.items():
         layout = recipe.evaluate.set_layouts.get(name, cfg.layout)
