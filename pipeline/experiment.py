@@ -66,8 +66,9 @@ def plan(recipe: Recipe, quick: bool) -> list[Arm]:
 
 
 def without_unused_generators(recipe: Recipe, arms: list[Arm]) -> Recipe:
-    """The recipe without the generators that no arm takes from (make demo's quick arms):
-    their sets are not prepared, their pseudo-labels not decoded."""
+    """The recipe without the generators that no arm takes from (make demo's quick arms, or
+    systems chosen without generated arms): their sets are not prepared, their pseudo-labels
+    not decoded, and select draws no generated subset."""
     used = {name for arm in arms for name in GENERATED.get(arm.system, {})}
     sets = recipe.prepare.sets
     if "augment" not in used:
@@ -101,8 +102,9 @@ def run_all(recipe: Recipe, quick: bool = False) -> dict:
     what is done; prints and writes (``report/timings.json``) the time each one took."""
     from pipeline import prepare, score
 
-    if quick:
-        recipe = without_unused_generators(recipe, plan(recipe, quick))
+    # generators that no arm takes from (make demo's quick arms, or an experiment.systems
+    # without generated arms) are neither prepared nor decoded
+    recipe = without_unused_generators(recipe, plan(recipe, quick))
     timings: dict[str, float] = {}
     for stage, step in (("prepare", prepare.run), ("score", score.run), ("select", select.run)):
         started = time.perf_counter()
@@ -169,6 +171,7 @@ def run(recipe: Recipe, quick: bool = False, timings: dict[str, float] | None = 
 
     ``timings`` (stage -> seconds, from the stages before) is filled in as the steps finish."""
     arms = plan(recipe, quick)
+    recipe = without_unused_generators(recipe, arms)
     tree = recipe.tree
     log.info("Experiment %s: %d arm(s)%s", recipe.name, len(arms), " (quick: make demo's)" * quick)
     timings = {} if timings is None else timings

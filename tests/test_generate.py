@@ -2,6 +2,7 @@
 augment source, and their acceptance by one pass of rejection sampling in select."""
 
 import json
+from dataclasses import replace
 
 import librosa
 import numpy as np
@@ -361,6 +362,9 @@ def test_make_demo_neither_makes_nor_reads_what_only_generator_arms_take():
     kept = experiment.without_unused_generators(recipe, full)
     assert {s.name for s in kept.prepare.sets} == {s.name for s in recipe.prepare.sets}
     assert kept.select == recipe.select
+    chosen = replace(recipe, experiment=replace(recipe.experiment, systems=("rsft", "full")))
+    plain = experiment.without_unused_generators(chosen, experiment.plan(chosen, quick=False))
+    assert plain.select.augment_set is None and not plain.select.pseudo_labels
 
 
 def test_the_report_tables_generated_data_and_draws_the_pseudo_label_curve():
