@@ -54,7 +54,7 @@ experiment: setup
 # the tests also render the report's HTML in headless chromium
 test: setup
 	@bash scripts/setup-debian.sh chromium asterisk-core-sounds-es-wav asterisk-core-sounds-es \
-		asterisk-core-sounds-fr-wav asterisk-core-sounds-fr fortunes-es
+		asterisk-core-sounds-fr-wav asterisk-core-sounds-fr fortunes-es fortunes-br
 	$(PY) -m pytest -q
 
 lint: venv

@@ -218,3 +218,38 @@ def test_spanish_latam_prepares_in_miniature(tmp_path):
     assert set(sets["asterisk_test"]["accent"]) == {"mx"} and "room" not in sets["asterisk_test"]
     texts = {name: set(frame["text"]) for name, frame in sets.items() if name != "pool"}
     assert not set(pool["text"]) & (texts["target"] | texts["dev_target"] | texts["test_target"])
+
+
+def test_portuguese_br_prepares_in_miniature(tmp_path):
+    """The Portuguese recipe as written, every set cut to a few utterances: Brazilian
+    Portuguese text in the two voices, the target condition in a small room and noise, test
+    rooms apart from the pool's, and European Portuguese clean as the forgetting check."""
+    counts = {
+        "pool": [3, 2, 2, 2, 3],
+        "target": [3],
+        "dev_target": [2],
+        "test_target": [3],
+        "test_clean": [2],
+    }
+    overrides = [
+        f"prepare.sets.{name}.source.parts.{i}.count={n}"
+        for name, ns in counts.items()
+        for i, n in enumerate(ns)
+    ]
+    recipe = load_recipe("recipes/portuguese_br.yaml")
+    assert (recipe.model.name, recipe.model.language) == ("bundled:whisper-base", "pt")
+    sets = prepare_recipe("portuguese_br", tmp_path, overrides)
+    pool = sets["pool"]
+    assert len(pool) == 12 and set(pool["accent"]) == {"pt", "pt_br"}
+    assert pool["text"].str.contains(r"[ãõçáéíóúâêô]").any()  # fortunes-br, accents kept
+    in_target = pool["id"].str.startswith("pool-p4-")
+    assert set(pool.loc[in_target, "accent"]) == {"pt_br"}
+    assert pool.loc[in_target, "room"].notna().all() and pool.loc[in_target, "rt60_s"].le(0.6).all()
+    assert set(pool.loc[in_target, "noise"]) <= {"safari", "pink"}
+    for name in ("target", "dev_target", "test_target"):
+        frame = sets[name]
+        assert frame["room"].notna().all() and set(frame["snr_db"]) <= {10.0, 5.0}, name
+    assert set(sets["test_target"]["room"]).isdisjoint(pool["room"].dropna())
+    assert set(sets["test_clean"]["accent"]) == {"pt"} and "room" not in sets["test_clean"]
+    texts = {name: set(frame["text"]) for name, frame in sets.items() if name != "pool"}
+    assert not set(pool["text"]) & (texts["target"] | texts["dev_target"] | texts["test_target"])
