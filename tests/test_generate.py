@@ -306,6 +306,34 @@ def test_agreement_of_sampled_transcripts_with_the_greedy_one():
     ) == (pytest.approx((0.75 + 1.0) / 2))
     assert pseudo.agreement("turn on", ["play some loud music now please"]) == 0.0  # floored
     assert pseudo.agreement("", ["anything"]) == 0.0  # an empty label labels nothing
+    # scored in the recipe's language: French keeps the accent that English drops
+    assert pseudo.agreement("Un café noir.", ["un cafe noir"]) == 1.0
+    assert pseudo.agreement("Un café noir.", ["un cafe noir"], "fr") == pytest.approx(2 / 3)
+
+
+def test_pseudo_label_diagnostics_score_in_the_recipe_language():
+    target = pd.DataFrame(
+        {"id": ["a", "b"], "text": ["Un café noir.", "Deux thés."], "source": "local"}
+    )
+    labels = pd.DataFrame(
+        {
+            "id": ["a", "b"],
+            "hypothesis": ["un cafe noir", "deux thés"],
+            "agreement": [0.9, 0.8],
+            "logprob": [-0.1, -0.2],
+        }
+    )
+    cfg = SelectConfig(pseudo_labels=True)
+    made = {}
+    for language in ("en", "fr"):
+        block = generated.pseudo_block(target, labels, cfg, language)
+        made[language] = generated.Generated(target.iloc[:0], [], {"pseudo": block})
+    draw = sampling.Selection(np.zeros(0, np.int64), "rsft", 1, 0, 0)
+    wer = {}
+    for language, gen in made.items():
+        selection, _ = gen.select("rsft_pl", cfg, draw, np.zeros(0), seed=0)
+        wer[language] = gen.diagnostics("rsft_pl", selection)["pseudo"]["references"]["wer_all"]
+    assert wer["en"] == 0.0 and wer["fr"] == pytest.approx(1 / 5)
 
 
 @pytest.fixture(scope="module")

@@ -36,13 +36,14 @@ TABLE = "pseudo.parquet"
 STAMP = "pseudo.done.json"
 
 
-def agreement(greedy: str, samples: list[str]) -> float:
+def agreement(greedy: str, samples: list[str], language: str = "en") -> float:
     """Mean over samples of max(0, 1 - WER) with the greedy transcript as the reference (both
-    normalised); 0 for an empty greedy transcript, which labels nothing."""
-    ref = text.normalize(greedy)
+    normalised as ``language`` is scored); 0 for an empty greedy transcript, which labels
+    nothing."""
+    ref = text.normalize(greedy, language)
     if not ref or not samples:
         return 0.0
-    hyps = text.normalize_batch(samples)
+    hyps = text.normalize_batch(samples, language)
     errors = metrics.utterance_errors([ref] * len(hyps), hyps)
     rates = errors["errors"] / errors["ref_words"].clip(lower=1)
     return float(np.clip(1.0 - rates, 0.0, 1.0).mean())
@@ -55,6 +56,7 @@ def label(
     temperature: float,
     seed: int,
     batch_size: int = 8,
+    language: str = "en",
 ) -> pd.DataFrame:
     """Greedy pseudo-labels of ``frame``'s audio with their reliability (module docstring)."""
     if not hasattr(model, "sample"):
@@ -76,7 +78,7 @@ def label(
             "id": ids,
             "hypothesis": hyps,
             "logprob": logprob,
-            "agreement": [agreement(h, d) for h, d in zip(hyps, drawn, strict=True)],
+            "agreement": [agreement(h, d, language) for h, d in zip(hyps, drawn, strict=True)],
             "samples": ["\n".join(d) for d in drawn],
         }
     )
@@ -119,6 +121,7 @@ def run(recipe: Recipe, names: list[str]) -> None:
             cfg.pseudo_temperature,
             recipe.seed,
             recipe.model.batch_size,
+            recipe.model.language,
         )
         _write(out, table)
         layout.mark_done(out / STAMP, key, teacher=teacher.name, utterances=len(table))

@@ -71,6 +71,9 @@ class Block:
     log_w: np.ndarray | None
     info: dict = field(default_factory=dict)
     references: list[str] | None = None  # pseudo: the true transcripts, for diagnostics only
+    # how the recipe scores transcripts (model.language, evaluate.strip_diacritics)
+    language: str = "en"
+    strip_diacritics: bool = False
 
 
 def augment_block(frame: pd.DataFrame, emb, target_emb, cfg: SelectConfig, seed: int) -> Block:
@@ -93,14 +96,25 @@ def augment_block(frame: pd.DataFrame, emb, target_emb, cfg: SelectConfig, seed:
     return Block("augment", frame, log_w, info)
 
 
-def pseudo_block(target: pd.DataFrame, labels: pd.DataFrame, cfg: SelectConfig) -> Block:
+def pseudo_block(
+    target: pd.DataFrame,
+    labels: pd.DataFrame,
+    cfg: SelectConfig,
+    language: str = "en",
+    strip_diacritics: bool = False,
+) -> Block:
     """The target sample's audio with its pseudo-labels (empty ones left out: they label
     nothing), weighted by reliability ** pseudo_power. The manifest's own transcripts, when
-    it has them, are kept aside for the diagnostics and never join the rows."""
+    it has them, are kept aside for the diagnostics and never join the rows; both are
+    normalised as ``language`` is scored."""
+
+    def norm(s: str) -> str:
+        return text.normalize(s, language, strip_diacritics)
+
     merged = target.merge(labels[["id", "hypothesis", "agreement", "logprob"]], on="id")
     if len(merged) != len(target):
         raise UserError("pseudo-labels do not match the target sample (rerun: rsft score)")
-    labelled = merged["hypothesis"].map(lambda h: bool(text.normalize(h)))
+    labelled = merged["hypothesis"].map(lambda h: bool(norm(h)))
     refs = merged["text"].fillna("").astype(str).tolist()
     known = [r for r, keep in zip(refs, labelled, strict=True) if keep]
     frame = merged[labelled].reset_index(drop=True)
@@ -109,10 +123,12 @@ def pseudo_block(target: pd.DataFrame, labels: pd.DataFrame, cfg: SelectConfig) 
     with np.errstate(divide="ignore"):
         log_w = cfg.pseudo_power * np.log(frame["agreement"].to_numpy(dtype=np.float64))
     info = {"target": len(target), "labelled": len(frame), "empty": int((~labelled).sum())}
-    has_refs = all(text.normalize(r) for r in known) and bool(known)
+    has_refs = all(norm(r) for r in known) and bool(known)
+    scoring = {"language": language, "strip_diacritics": strip_diacritics}
     if not np.isfinite(log_w).any():
-        return Block("pseudo", frame, None, {**info, "error": "no pseudo-label is reliable"})
-    return Block("pseudo", frame, log_w, info, known if has_refs else None)
+        error = {**info, "error": "no pseudo-label is reliable"}
+        return Block("pseudo", frame, None, error, **scoring)
+    return Block("pseudo", frame, log_w, info, known if has_refs else None, **scoring)
 
 
 @dataclass
@@ -225,8 +241,10 @@ def _pseudo_quality(block: Block, chosen: np.ndarray) -> dict:
     """WER of the pseudo-labels against the true transcripts (which the method never reads):
     accepted, rejected, all; and per reliability threshold, how many labels reach it and
     their WER."""
+    scoring = (block.language, block.strip_diacritics)
     errors = metrics.utterance_errors(
-        text.normalize_batch(block.references), text.normalize_batch(block.frame["text"])
+        text.normalize_batch(block.references, *scoring),
+        text.normalize_batch(block.frame["text"], *scoring),
     )
 
     def wer(mask) -> float | None:

@@ -303,7 +303,13 @@ def _generated(recipe: Recipe, pool, pool_groups, target_emb) -> generated.Gener
             tables.append(read_parquet(labels))
         target = pd.concat(frames, ignore_index=True)
         target = target.sort_values("id", kind="stable").reset_index(drop=True)
-        blocks["pseudo"] = generated.pseudo_block(target, pd.concat(tables), cfg)
+        blocks["pseudo"] = generated.pseudo_block(
+            target,
+            pd.concat(tables),
+            cfg,
+            recipe.model.language,
+            recipe.evaluate.strip_diacritics,
+        )
     groups = pool_groups + [
         g for b in blocks.values() for g in group_keys(b.frame, cfg.group_columns)
     ]
