@@ -277,17 +277,29 @@ class ModelConfig:
     bf16: Literal["auto"] | bool = "auto"
     batch_size: int = ranged(16, ge=1)
     threads: int | None = ranged(None, ge=1)  # torch threads (default: torch's choice)
+    # what decodes in evaluate and the pseudo-labeller: 'torch' (the model as trained), or
+    # 'ct2': a Whisper model converted once (cached by its weights' fingerprint) and read by
+    # CTranslate2's batched greedy search, each request in its own 30 s window, at
+    # ct2_compute_type (pipeline/models/ct2.py). Other layouts (packed, short) stay with torch
+    engine: Literal["torch", "ct2"] = "torch"
+    ct2_compute_type: Literal["int8", "int8_float32", "int8_bfloat16", "float32", "bfloat16"] = (
+        "int8"
+    )
 
     def key(self, decodes: bool) -> dict:
         """The settings that a stage's output depends on, for its key: a stage that generates
         no transcript leaves out DECODING_FIELDS, so changing one re-decodes without scoring
-        or training again."""
+        or training again. The torch engine leaves the engine fields out (keys taken before
+        there were engines stay valid)."""
         fields = typed.to_dict(self)
+        if self.engine == "torch":
+            fields = {k: v for k, v in fields.items() if k not in ENGINE_FIELDS}
         return fields if decodes else {k: v for k, v in fields.items() if k not in DECODING_FIELDS}
 
 
 # ModelConfig fields that only change generated transcripts (not embeddings, losses or training)
-DECODING_FIELDS = ("tokens_per_s", "loop_repeats", "decode_attention")
+ENGINE_FIELDS = ("engine", "ct2_compute_type")
+DECODING_FIELDS = ("tokens_per_s", "loop_repeats", "decode_attention", *ENGINE_FIELDS)
 
 
 @dataclass(frozen=True)

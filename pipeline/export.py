@@ -4,28 +4,24 @@ faster-whisper loads as it is, for deployment in an assistant.
 The model is read as every stage reads it (``models.loader``: a LoRA run's adapters already
 merged in its saved folder; ``--adapter`` merges one user's adapter into the base model),
 saved in full precision, and converted by CTranslate2's own converter with the tokenizer and
-the feature extractor's settings beside it. The folder is written beside its final place and
-renamed into it, with ``export.json`` recording what it came from.
+the feature extractor's settings beside it (``models.ct2.convert``, which model.engine ct2
+uses too). The folder is written beside its final place and renamed into it, with
+``export.json`` recording what it came from.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 from pipeline.config import Recipe
 from pipeline.errors import UserError
-from pipeline.fsio import write_json
-from pipeline.models import loader
+from pipeline.models import ct2, loader
 
 log = logging.getLogger(__name__)
 
 QUANTIZATIONS = ("int8", "int8_float32", "int8_bfloat16", "int8_float16", "float16", "float32")
-# what faster-whisper reads beside model.bin: the tokenizer and the log-mel settings
-COPIED = ("tokenizer.json", "preprocessor_config.json")
 
 
 def model_folder(recipe: Recipe, run: str) -> Path:
@@ -52,10 +48,7 @@ def run(
     """Export ``run_name``'s model to ``out`` (default: ``<data_dir>/export/<run>-ct2-<q>``)."""
     if quantization not in QUANTIZATIONS:
         raise UserError(f"--quantization {quantization!r}: one of {', '.join(QUANTIZATIONS)}")
-    try:
-        from ctranslate2.converters import TransformersConverter
-    except ImportError:
-        raise UserError("rsft export needs ctranslate2 (pip install ctranslate2)") from None
+    ct2.require()
     source = model_folder(recipe, run_name)
     name = run_name if not Path(run_name).is_dir() else Path(run_name).name
     out = Path(out) if out else recipe.tree.export(f"{name}-ct2-{quantization}")
@@ -66,33 +59,15 @@ def run(
     )
     if not model.exports_to_ct2:
         raise UserError(f"{source}: only Whisper models export to CTranslate2 (this is CTC)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        plain = staging / "transformers"
-        model.model.float().save_pretrained(plain)
-        model.processor.save_pretrained(plain)
-        # faster-whisper reads the log-mel settings from the feature extractor's own file
-        features = model.processor.feature_extractor
-        features.to_json_file(str(plain / "preprocessor_config.json"))
-        converted = staging / "ct2"
-        TransformersConverter(str(plain), copy_files=list(COPIED)).convert(
-            str(converted), quantization=quantization
-        )
-        record = {
-            "source": str(source),
-            "adapter": adapter,
-            "quantization": quantization,
-            "language": model.language,
-            "multilingual": model.multilingual,
-            "prefix": model.prefix,
-        }
-        write_json(converted / "export.json", record)
-        if out.exists():  # an earlier export: set aside, then replaced in one rename
-            out.rename(staging / "old")
-        converted.rename(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    record = {
+        "source": str(source),
+        "adapter": adapter,
+        "quantization": quantization,
+        "language": model.language,
+        "multilingual": model.multilingual,
+        "prefix": model.prefix,
+    }
+    ct2.convert(model, out, quantization, record)
     log.info("exported %s (%s) to %s", source, quantization, out)
     print(f"exported {source} ({quantization}) to {out}: load it with faster_whisper.WhisperModel")
     return out

@@ -28,7 +28,7 @@ from pipeline.config import ModelConfig, Recipe
 from pipeline.errors import UserError
 from pipeline.fsio import atomic_path, file_sha256, fingerprint, read_json, write_json, write_text
 from pipeline.layout import PRETRAINED, is_done, model_run
-from pipeline.models import loader
+from pipeline.models import ct2, loader
 from pipeline.models.base import SpeechModel, length_batches
 from pipeline.typed import to_dict
 
@@ -46,7 +46,12 @@ def run(recipe: Recipe, model_name: str | None = None, run_name: str | None = No
         if not path.exists():
             raise UserError(f"set {name!r}: no manifest at {path} (run: rsft prepare first)")
     log.info(
-        "Stage 5: evaluate %s (%s layout) on %d sets -> %s", cfg.name, cfg.layout, len(sets), out
+        "Stage 5: evaluate %s (%s layout, %s) on %d sets -> %s",
+        cfg.name,
+        cfg.layout,
+        cfg.engine,
+        len(sets),
+        out,
     )
     model = loader.load(cfg, recipe.tree.models)
     model_print = model.fingerprint()
@@ -54,10 +59,20 @@ def run(recipe: Recipe, model_name: str | None = None, run_name: str | None = No
     # a set's own layout is in its key; NLL in its own; which other sets are read is not
     skip = ("set_layouts", "token_nll", "sets")
     scoring = {k: v for k, v in to_dict(recipe.evaluate).items() if k not in skip}
+    readers: dict[str, SpeechModel] = {}
     for name, path in paths.items():
         layout = recipe.evaluate.set_layouts.get(name, cfg.layout)
-        reader = model if layout == cfg.layout else loader.with_layout(model, layout)
-        settings = {k: v for k, v in to_dict(cfg).items() if k not in ("batch_size", "threads")}
+        # CTranslate2 reads single requests in 30 s windows; other layouts are torch's
+        set_cfg = cfg if layout == "standard" else replace(cfg, engine="torch")
+        if layout not in readers:
+            if set_cfg.engine != cfg.engine:
+                log.info("model.engine ct2 reads standard windows: %s layout read by torch", layout)
+            reader = model if layout == cfg.layout else loader.with_layout(model, layout)
+            engine = (set_cfg.engine, set_cfg.ct2_compute_type, set_cfg.threads)
+            readers[layout] = ct2.reader(reader, *engine, recipe.tree.models)
+        reader = readers[layout]
+        local = ("batch_size", "threads")  # how fast, not what is decoded
+        settings = {k: v for k, v in set_cfg.key(decodes=True).items() if k not in local}
         settings["layout"] = layout
         if layout != "packed":  # the gap only shapes packed windows: it does not decode again
             settings["pack_gap_s"] = ModelConfig.pack_gap_s
@@ -82,6 +97,7 @@ def run(recipe: Recipe, model_name: str | None = None, run_name: str | None = No
                 model=cfg.name,
                 model_fingerprint=model_print,
                 layout=layout,
+                engine=getattr(reader, "engine_name", "torch"),
                 language=reader.language,
                 bf16=settings["bf16"],
                 code_version=__version__,

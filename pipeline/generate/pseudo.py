@@ -26,7 +26,7 @@ from pipeline import __version__, audio, layout, manifest, metrics, text
 from pipeline.config import Recipe
 from pipeline.errors import UserError
 from pipeline.fsio import atomic_path, file_sha256, fingerprint, stable_seed
-from pipeline.models import loader
+from pipeline.models import ct2, loader
 from pipeline.models.base import SpeechModel, length_batches
 from pipeline.typed import to_dict
 
@@ -93,7 +93,10 @@ def run(recipe: Recipe, names: list[str]) -> None:
         path = recipe.tree.manifest(name)
         out = recipe.tree.score(name)
         settings = {k: v for k, v in to_dict(cfg).items() if k.startswith("pseudo_")}
-        model = model or loader.load(teacher, recipe.tree.models)
+        if model is None:
+            model = loader.load(teacher, recipe.tree.models)
+            engine = (teacher.engine, teacher.ct2_compute_type, teacher.threads)
+            model = ct2.reader(model, *engine, recipe.tree.models)
         key = fingerprint(
             model.fingerprint(),
             teacher.key(decodes=True),

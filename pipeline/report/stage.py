@@ -108,10 +108,15 @@ def load_runs(
 
 
 def read_layout(run: Path, name: str) -> str | None:
-    """The layout a run read set ``name`` in, as its wer.json records it (None without one:
-    a reading killed before it finished)."""
+    """The layout a run read set ``name`` in, as its wer.json records it, with the engine
+    when it is not torch (None without one: a reading killed before it finished)."""
     path = run / name / "wer.json"
-    return read_json(path).get("layout") if path.exists() else None
+    if not path.exists():
+        return None
+    record = read_json(path)
+    layout, engine = record.get("layout"), record.get("engine", "torch")
+    # another engine reads the same layout differently: tables flag the mix like layouts
+    return f"{layout} ({engine})" if layout and engine != "torch" else layout
 
 
 def load_selection(folder: Path, skips: Skips) -> dict | None:
