@@ -17,6 +17,9 @@ evaluate stage's normaliser and WER (``pipeline.text``, ``pipeline.metrics``):
               per call, beam_size=1, temperature 0, no timestamps, no VAD: our decoding
   fw default  the same model with faster-whisper's transcribe defaults (beam_size=5,
               temperature fallback, timestamps, conditioning on previous text)
+  stage ct2   the evaluate stage with model.engine ct2 (int8): the same weights converted by
+              CTranslate2 (once, before timing), batches of model.batch_size requests, each
+              in its own 30 s window
 
 Real-time factor = decoding seconds / seconds of audio (lower is faster); a speed ratio is the
 other engine's RTF over the stage's. faster-whisper gets as many threads as torch has.
@@ -47,6 +50,9 @@ from harness import (
 
 TARGET_VS_PIPELINE = 3.0  # the stage must decode at least 3x as fast as the transformers pipeline
 TARGET_VS_FASTER_WHISPER = 1.0  # and at least as fast as faster-whisper at equal WER
+# the stage with model.engine ct2: 8x the pipeline, 2x faster-whisper's own loop at equal WER
+TARGET_CT2_VS_PIPELINE = 8.0
+TARGET_CT2_VS_FASTER_WHISPER = 2.0
 GREEDY = dict(
     beam_size=1,
     temperature=0.0,
@@ -79,6 +85,27 @@ def faster_whisper(model_dir: Path, threads: int, **options):
 
     model = WhisperModel(str(model_dir), device="cpu", compute_type="int8", cpu_threads=threads)
     return lambda wave: "".join(s.text for s in model.transcribe(wave, **options)[0])
+
+
+def ct2_reader(stage, models_dir: Path):
+    from pipeline.models import ct2
+
+    return ct2.reader(stage, "ct2", "int8", None, models_dir)
+
+
+def versus(ours: pd.DataFrame, errors: np.ndarray, hyps: np.ndarray) -> dict:
+    """WER minus the torch stage's, paired on the same words, and the share of identical
+    normalised hypotheses."""
+    from pipeline import metrics
+
+    paired = metrics.paired_bootstrap(
+        ours["errors"].to_numpy(), errors, ours["ref_words"].to_numpy(), np.random.default_rng(0)
+    )
+    return {
+        "wer_minus_stage": paired["delta"],
+        "wer_minus_stage_95ci": [paired["low"], paired["high"]],
+        "same_hypotheses": float(np.mean(ours["hypothesis_norm"].to_numpy() == hyps)),
+    }
 
 
 def decode_with_stage(stage, recipe, frame: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
@@ -135,18 +162,13 @@ def run(args: argparse.Namespace) -> dict:
         }
     }
     print(f"stage: RTF {result['real_time_factor']:.4f}, WER {result['wer']:.3f}", flush=True)
+    fw_errors = {}
     for name, (what, make) in engines.items():
         (transcribe, load_s, _) = timed(make)
         transcribe(first)  # warm-up
         hyps, wall, cpu = loop(transcribe, frame)
         hyps = text.normalize_batch(hyps)
         errors = metrics.utterance_errors(refs, hyps)
-        paired = metrics.paired_bootstrap(
-            ours["errors"].to_numpy(),
-            errors["errors"].to_numpy(),
-            ours["ref_words"].to_numpy(),
-            np.random.default_rng(0),
-        )
         rows[name] = {
             "engine": what,
             "decode_s": wall,
@@ -154,11 +176,22 @@ def run(args: argparse.Namespace) -> dict:
             "load_s": load_s,
             "rtf": wall / audio_s,
             "wer": metrics.wer(errors),
-            "wer_minus_stage": paired["delta"],
-            "wer_minus_stage_95ci": [paired["low"], paired["high"]],
-            "same_hypotheses": float(np.mean(ours["hypothesis_norm"].to_numpy() == np.array(hyps))),
+            **versus(ours, errors["errors"].to_numpy(), np.array(hyps)),
         }
+        fw_errors[name] = errors["errors"].to_numpy()
         print(f"{name}: RTF {wall / audio_s:.4f}, WER {rows[name]['wer']:.3f}", flush=True)
+    fast = ct2_reader(stage, models_dir)
+    fast.transcribe([first])  # converts (cached by the weights' fingerprint) and warms up
+    result, theirs = decode_with_stage(fast, recipe, frame)
+    rows["stage ct2"] = {
+        "engine": f"evaluate stage, model.engine ct2 {fast.compute_type}, batch "
+        f"{recipe.model.batch_size}, greedy",
+        "decode_s": result["decode_s"],
+        "rtf": result["real_time_factor"],
+        "wer": result["wer"],
+        **versus(ours, theirs["errors"].to_numpy(), theirs["hypothesis_norm"].to_numpy()),
+    }
+    print(f"stage ct2: RTF {result['real_time_factor']:.4f}, WER {result['wer']:.3f}", flush=True)
     for row in rows.values():
         row["speedup"] = row["rtf"] / rows["stage"]["rtf"]  # >1: this engine is slower
     vs_pipeline = rows["pipeline"]["rtf"] / rows["stage"]["rtf"]
@@ -183,6 +216,25 @@ def run(args: argparse.Namespace) -> dict:
         # met when the stage is as fast and faster-whisper's WER is not significantly lower
         "wer_equal_to_faster_whisper": low <= 0 <= high,
         "target_vs_faster_whisper_met": vs_fw >= TARGET_VS_FASTER_WHISPER and high >= 0,
+    }
+    # the ct2 engine against faster-whisper's own loop, paired on the same words
+    fw_vs_ct2 = metrics.paired_bootstrap(
+        theirs["errors"].to_numpy(),
+        fw_errors["fw greedy"],
+        theirs["ref_words"].to_numpy(),
+        np.random.default_rng(0),
+    )
+    ct2_vs_pipeline = rows["pipeline"]["rtf"] / rows["stage ct2"]["rtf"]
+    ct2_vs_fw = rows["fw greedy"]["rtf"] / rows["stage ct2"]["rtf"]
+    figures |= {
+        "ratio_ct2_vs_pipeline": ct2_vs_pipeline,
+        "ratio_ct2_vs_faster_whisper": ct2_vs_fw,
+        "target_ct2_vs_pipeline": TARGET_CT2_VS_PIPELINE,
+        "target_ct2_vs_faster_whisper": TARGET_CT2_VS_FASTER_WHISPER,
+        "fw_minus_ct2_95ci": [fw_vs_ct2["low"], fw_vs_ct2["high"]],
+        "target_ct2_vs_pipeline_met": ct2_vs_pipeline >= TARGET_CT2_VS_PIPELINE,
+        "target_ct2_vs_faster_whisper_met": ct2_vs_fw >= TARGET_CT2_VS_FASTER_WHISPER
+        and fw_vs_ct2["high"] >= 0,
     }
     missed = not (figures["target_vs_pipeline_met"] and figures["target_vs_faster_whisper_met"])
     if args.profile or missed:
@@ -222,6 +274,16 @@ def print_table(figures: dict) -> None:
         + " WER (paired 95% CI; target: at or ahead at equal WER: "
         + ("met" if figures["target_vs_faster_whisper_met"] else "NOT met")
         + ")"
+    )
+    low, high = figures["fw_minus_ct2_95ci"]
+    print(
+        f"stage with model.engine ct2 vs transformers pipeline: "
+        f"{figures['ratio_ct2_vs_pipeline']:.2f}x (target {figures['target_ct2_vs_pipeline']:g}x: "
+        f"{'met' if figures['target_ct2_vs_pipeline_met'] else 'NOT met'}); vs faster-whisper "
+        f"int8 greedy: {figures['ratio_ct2_vs_faster_whisper']:.2f}x (target "
+        f"{figures['target_ct2_vs_faster_whisper']:g}x at equal WER, faster-whisper - ct2 "
+        f"[{100 * low:+.1f}, {100 * high:+.1f}]: "
+        f"{'met' if figures['target_ct2_vs_faster_whisper_met'] else 'NOT met'})"
     )
 
 

@@ -103,6 +103,23 @@ def summary_rows(figs: dict) -> list[list]:
                 f"{fmt(e['fw greedy']['wer'], '.1f', 100)}, difference {wer})",
             ]
         )
+        if "stage ct2" in e:
+            low, high = ev["fw_minus_ct2_95ci"]
+            rows.append(
+                [
+                    "evaluation, model.engine ct2, vs transformers pipeline / faster-whisper",
+                    fmt(e["stage ct2"]["rtf"], ".4f"),
+                    f"{fmt(e['pipeline']['rtf'], '.4f')} / {fmt(e['fw greedy']['rtf'], '.4f')}",
+                    f"{fmt(ev['ratio_ct2_vs_pipeline'])}x / "
+                    f"{fmt(ev['ratio_ct2_vs_faster_whisper'])}x",
+                    f">= {ev['target_ct2_vs_pipeline']:g}x / "
+                    f">= {ev['target_ct2_vs_faster_whisper']:g}x at equal WER",
+                    f"{yes(ev['target_ct2_vs_pipeline_met'])} / "
+                    f"{yes(ev['target_ct2_vs_faster_whisper_met'])} (WER % "
+                    f"{fmt(e['stage ct2']['wer'], '.1f', 100)}; faster-whisper - ct2 "
+                    f"[{fmt(low, '+.1f', 100)}, {fmt(high, '+.1f', 100)}])",
+                ]
+            )
     if rows_ := figs.get("select_scale"):
         slope, met = select_growth(rows_)
         big = max(rows_, key=lambda r: r["n"])

@@ -194,7 +194,7 @@ def test_score_throughput_quick(tmp_path):
     assert "score_shard" in profile and "where the stage's time goes" in done.stdout
 
 
-@pytest.mark.slow  # about 25 s: four engines decode 4 utterances each
+@pytest.mark.slow  # about 30 s: five engines decode 4 utterances each
 def test_evaluate_speed_quick(tmp_path):
     root, out = tmp_path / "demo", tmp_path / "figures.json"
     write_set(root, root / "prepare" / "manifests" / "test_clean.parquet", "test")
@@ -205,14 +205,14 @@ def test_evaluate_speed_quick(tmp_path):
     assert "stage vs transformers pipeline" in done.stdout
     figures = json.loads(out.read_text())
     engines, audio_s = figures["engines"], figures["settings"]["audio_s"]
-    assert set(engines) == {"stage", "pipeline", "fw greedy", "fw default"}
+    assert set(engines) == {"stage", "pipeline", "fw greedy", "fw default", "stage ct2"}
     for name, row in engines.items():
         # rel 1e-3: the stage divides by the seconds it read (resampled: 1e-5 off the manifest)
         assert row["rtf"] == pytest.approx(row["decode_s"] / audio_s, rel=1e-3), name
         errors = row["wer"] * WORDS  # a whole number of errors in the 14 reference words
         assert errors == pytest.approx(round(errors)), name
     assert engines["stage"]["wer"] < 0.5  # clear synthetic commands; measured 3 errors of 14
-    for name in ("pipeline", "fw greedy", "fw default"):
+    for name in ("pipeline", "fw greedy", "fw default", "stage ct2"):
         row = engines[name]
         same = row["same_hypotheses"] * 4  # of the four commands
         assert same == pytest.approx(round(same)), name
@@ -223,6 +223,12 @@ def test_evaluate_speed_quick(tmp_path):
     for key, name in (("ratio_vs_pipeline", "pipeline"), ("ratio_vs_faster_whisper", "fw greedy")):
         ratio = engines[name]["rtf"] / engines["stage"]["rtf"]
         assert figures[key] == pytest.approx(ratio) and f"{ratio:.2f}x" in done.stdout
+        ratio = engines[name]["rtf"] / engines["stage ct2"]["rtf"]
+        assert figures[key.replace("vs", "ct2_vs")] == pytest.approx(ratio)
+        assert f"{ratio:.2f}x" in done.stdout
+    low, high = figures["fw_minus_ct2_95ci"]
+    delta = engines["fw greedy"]["wer"] - engines["stage ct2"]["wer"]
+    assert low <= delta + 1e-9 and delta - 1e-9 <= high
     low, high = engines["fw greedy"]["wer_minus_stage_95ci"]
     assert figures["wer_equal_to_faster_whisper"] == (low <= 0 <= high)
 
