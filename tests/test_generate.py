@@ -13,7 +13,7 @@ import torch
 
 from pipeline import audio, config, experiment, manifest, prepare, score, text, typed
 from pipeline.config import ModelConfig, SelectConfig, load_recipe
-from pipeline.errors import RecipeError
+from pipeline.errors import RecipeError, UserError
 from pipeline.generate import acoustics, pseudo
 from pipeline.models import loader
 from pipeline.prepare.corpora import asterisk
@@ -467,3 +467,15 @@ def test_unlabelled_recordings_go_through_prepare_score_and_select_to_generated_
     rows = everything[everything["source"] == "pseudo"].set_index("id")
     expected = labelled.set_index("id").loc[rows.index, "hypothesis"]
     assert (rows["text"] == expected).all()  # trained on the teacher's labels
+
+
+def test_generated_rows_that_share_pool_ids_are_refused_in_one_line():
+    pool = pd.DataFrame({"id": ["a", "b"]})
+    target = pd.DataFrame({"id": ["b", "c"], "text": ["x y", "y z"], "source": "local"})
+    labels = pd.DataFrame(
+        {"id": ["b", "c"], "hypothesis": ["x y", "y z"], "agreement": 0.9, "logprob": -0.1}
+    )
+    block = generated.pseudo_block(target, labels, SelectConfig(pseudo_labels=True))
+    with pytest.raises(UserError, match=r"1 pseudo row id\(s\) are also pool ids \(b,"):
+        generated.check_ids(pool, {"pseudo": block})
+    generated.check_ids(pool.assign(id=["a", "d"]), {"pseudo": block})  # distinct: fine

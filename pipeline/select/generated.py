@@ -131,6 +131,22 @@ def pseudo_block(
     return Block("pseudo", frame, log_w, info, known if has_refs else None, **scoring)
 
 
+def check_ids(pool: pd.DataFrame, blocks: dict[str, Block]) -> None:
+    """A one-line UserError when a generator's rows share ids with the pool or with another
+    generator's (e.g. two bare folders of files with the same names): a subset keyed by id
+    could not tell them apart."""
+    seen = {"pool": set(pool["id"])}
+    for name, block in blocks.items():
+        ids = set(block.frame["id"])
+        for other, taken in seen.items():
+            if clash := sorted(ids & taken):
+                raise UserError(
+                    f"select: {len(clash)} {name} row id(s) are also {other} ids ({clash[0]}, "
+                    "...): give the sets distinct ids (an id column, or distinct file names)"
+                )
+        seen[name] = ids
+
+
 @dataclass
 class Generated:
     """The pool's rows, then each generator's (in ``blocks`` order), with their groups."""

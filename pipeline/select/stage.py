@@ -310,6 +310,7 @@ def _generated(recipe: Recipe, pool, pool_groups, target_emb) -> generated.Gener
             recipe.model.language,
             recipe.evaluate.strip_diacritics,
         )
+    generated.check_ids(pool, blocks)
     groups = pool_groups + [
         g for b in blocks.values() for g in group_keys(b.frame, cfg.group_columns)
     ]
